@@ -1,0 +1,49 @@
+"""Write-to-temporary-then-rename, so no output is ever half-written."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from h2gnet.errors import H2GNetError
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it to ``final`` on success.
+
+    On any exception the temporary file is removed and ``final`` is untouched.
+    The temporary name keeps ``final``'s suffix so libraries that look at it
+    (tifffile, OpenCV) pick the right format.
+    """
+    final = Path(final)
+    parent = final.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".part{final.suffix}", dir=parent)
+    except OSError as exc:
+        raise H2GNetError(parent, f"cannot write here ({exc.strerror or exc})") from None
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        raise
+
+
+def write_text(final: str | Path, text: str) -> None:
+    """Atomically write ``text`` (UTF-8) to ``final``."""
+    with atomic_path(final) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_bytes(final: str | Path, data: bytes) -> None:
+    """Atomically write ``data`` to ``final``."""
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(data)

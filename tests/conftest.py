@@ -1,0 +1,82 @@
+"""Shared fixtures: tiny slides written on the fly, and the real slides in ../shared."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+REAL_SLIDES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-slides"
+
+
+def real_slide(name: str) -> Path:
+    """Path of a real slide in ../shared/data/real-slides, or skip the test."""
+    path = REAL_SLIDES / name
+    if not path.exists():
+        pytest.skip(f"real slide {name} not available ({REAL_SLIDES} absent)")
+    return path
+
+
+def write_pyramid_tiff(path: Path, image: np.ndarray, mpp: float | None, downsamples=(1,), tile: int = 256) -> Path:
+    """A tiled JPEG pyramidal TIFF (reduced levels as top-level pages) OpenSlide opens as generic-tiff."""
+    kwargs = {}
+    if mpp is not None:
+        kwargs = {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
+    with tifffile.TiffWriter(path, bigtiff=False) as tif:
+        for ds in downsamples:
+            h, w = image.shape[0] // ds, image.shape[1] // ds
+            level = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA) if ds != 1 else image
+            level_kwargs = kwargs if mpp is None else {
+                "resolution": (1e4 / (mpp * ds), 1e4 / (mpp * ds)), "resolutionunit": "CENTIMETER"}
+            tif.write(level, tile=(tile, tile), photometric="rgb", compression="jpeg",
+                      compressionargs={"level": 95}, subfiletype=0 if ds == 1 else 1, **level_kwargs)
+    return path
+
+
+def phantom_image(width: int, height: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A white slide with a pink tissue ellipse and a purple 'tumour' disc inside it; returns (rgb, tumour)."""
+    rng = np.random.default_rng(seed)
+    img = np.full((height, width, 3), 245, np.uint8)
+    tissue = np.zeros((height, width), np.uint8)
+    cv2.ellipse(tissue, (width // 2, height // 2), (int(width * 0.35), int(height * 0.3)), 0, 0, 360, 1, -1)
+    tumour = np.zeros((height, width), np.uint8)
+    cv2.circle(tumour, (width // 2, height // 2), int(min(width, height) * 0.15), 1, -1)
+    noise = rng.integers(-8, 8, size=(height, width, 3))
+    pink = np.clip(np.array([230, 150, 190]) + noise, 0, 255)
+    purple = np.clip(np.array([120, 60, 160]) + noise, 0, 255)
+    img[tissue > 0] = pink[tissue > 0]
+    img[tumour > 0] = purple[tumour > 0]
+    return img, tumour.astype(bool)
+
+
+def tumour_geojson(path: Path, centre: tuple[float, float], radius: float, hole: float = 0.0) -> Path:
+    """A QuPath-style GeoJSON with one circular 'Tumor' polygon (optionally with a hole), level-0 px."""
+    angles = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+
+    def ring(r: float, reverse: bool = False) -> list:
+        pts = [[centre[0] + r * np.cos(a), centre[1] + r * np.sin(a)] for a in angles]
+        pts = pts[::-1] if reverse else pts
+        return [*pts, pts[0]]
+
+    rings = [ring(radius)] + ([ring(hole, reverse=True)] if hole else [])
+    doc = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": rings},
+         "properties": {"objectType": "annotation", "classification": {"name": "Tumor", "color": [200, 0, 0]}}},
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring(radius / 4)]},
+         "properties": {"objectType": "annotation", "classification": {"name": "Stroma"}}},
+    ]}
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@pytest.fixture
+def tiny_slide(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:
+    """A 2048×1536 slide at 0.5 µm/px with downsamples (1, 4, 16), its GeoJSON and tumour mask."""
+    img, tumour = phantom_image(2048, 1536)
+    slide = write_pyramid_tiff(tmp_path / "tiny.tiff", img, 0.5, downsamples=(1, 4, 16))
+    ann = tumour_geojson(tmp_path / "tiny.geojson", (1024, 768), 1536 * 0.15)
+    return slide, ann, tumour
