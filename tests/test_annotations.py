@@ -25,9 +25,23 @@ def test_polygon_with_hole_rasterises_to_exact_area(tmp_path: Path) -> None:
     assert len(polys) == 1 and len(polys[0]) == 2
     mask = rasterize(polys, (1000, 1000), slide_mpp=0.5, mpp=4.0)  # 8 level-0 px per raster px
     assert mask.shape == (125, 125)
-    # OpenCV's fill rule counts pixels on the rounded outline: at most one pixel of bias per edge
-    assert abs(int(mask.array.sum()) - (100 * 100 - 50 * 50)) <= 4 * 50 + 4 * 100
+    assert mask.array.sum() == 100 * 100 - 50 * 50  # pixel-centre rule: exact
     assert not mask.array[50, 50] and mask.array[10, 10] and not mask.array[110, 110]
+
+
+def test_rasterise_uses_pixel_centres() -> None:
+    # square (2,2)-(6,5) at d = 1: centres 2.5..5.5 in x, 2.5..4.5 in y -> 4×3 pixels
+    polys = [[np.array([[2, 2], [6, 2], [6, 5], [2, 5]], float)]]
+    m = rasterize(polys, (10, 10), 1.0, 1.0).array
+    assert m.sum() == 12 and m[2:5, 2:6].all()
+    # an edge at x = 6.2 does not include pixel 6 (centre 6.5)
+    polys = [[np.array([[2, 2], [6.2, 2], [6.2, 5], [2, 5]], float)]]
+    assert rasterize(polys, (10, 10), 1.0, 1.0).array.sum() == 12
+    # an island inside a hole of another polygon is kept (union of polygons)
+    outer = [np.array([[0, 0], [10, 0], [10, 10], [0, 10]], float), np.array([[2, 2], [8, 2], [8, 8], [2, 8]], float)]
+    island = [np.array([[4, 4], [6, 4], [6, 6], [4, 6]], float)]
+    m = rasterize([outer, island], (10, 10), 1.0, 1.0).array
+    assert m.sum() == 100 - 36 + 4
 
 
 def test_multipolygon_and_class_filter(tmp_path: Path) -> None:

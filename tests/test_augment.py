@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import cv2
 import numpy as np
 import pytest
@@ -72,6 +76,23 @@ def test_patch_does_not_touch_global_numpy_rng_or_input() -> None:
         augment_patch(img, np.random.default_rng(seed), PatchAugmentConfig(**{k: 1.0 for k in OFF}))
     assert np.array_equal(np.random.get_state()[1], state)
     assert np.array_equal(img, before)
+
+
+def test_patch_and_refinement_paths_do_not_import_torch() -> None:
+    # DataLoader workers run these; importing torch there would cost memory and start-up time
+    code = (
+        "import sys, numpy as np\n"
+        "from h2gnet.augment import RefineAugmentConfig, augment_patch, augment_refinement\n"
+        "rng = np.random.default_rng(0)\n"
+        "augment_patch(np.zeros((8, 8, 3), np.uint8), rng)\n"
+        "img = np.random.default_rng(1).random((16, 16, 3)).astype(np.float32) * 0.6\n"
+        "mask = np.zeros((16, 16), np.uint8)\n"
+        "augment_refinement(img, img[..., 0], mask, rng, RefineAugmentConfig(p_stain=1.0))\n"
+        "sys.exit(3 if 'torch' in sys.modules else 0)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr or "torch was imported"
 
 
 def test_patch_geometric_ops_are_exact_numpy_ops() -> None:
@@ -198,10 +219,13 @@ def test_refinement_geometry_keeps_image_heatmap_and_mask_aligned() -> None:
     areas = set()
     for seed in range(60):
         out_image, out_heatmap, out_mask = augment_refinement(
-            image, heatmap, mask, np.random.default_rng(seed), refine_config(p_hflip=0.5, p_vflip=0.5, p_rot90=0.5, p_zoom=0.5)
+            image, heatmap, mask, np.random.default_rng(seed),
+            refine_config(p_hflip=0.5, p_vflip=0.5, p_rot90=0.5, p_zoom=0.5),
         )
-        assert out_image.shape == image.shape and out_heatmap.shape == heatmap.shape and out_mask.shape == mask.shape
-        assert out_image.dtype == np.float32 and out_heatmap.dtype == np.float32 and out_mask.dtype == np.uint8
+        assert out_image.shape == image.shape
+        assert out_heatmap.shape == heatmap.shape and out_mask.shape == mask.shape
+        assert out_image.dtype == np.float32 and out_heatmap.dtype == np.float32
+        assert out_mask.dtype == np.uint8
         c_mask = centroid((out_mask == 1).astype(float))
         assert np.allclose(centroid(out_heatmap), c_mask, atol=1.0)
         assert np.allclose(centroid(np.clip(0.5 - out_image[..., 1], 0, None)), c_mask, atol=1.0)
@@ -211,9 +235,10 @@ def test_refinement_geometry_keeps_image_heatmap_and_mask_aligned() -> None:
 
 def test_refinement_flip_and_rotation_move_marker_to_expected_place() -> None:
     image, heatmap, mask = marker_sample(row=14, col=40)
-    _, _, flipped = augment_refinement(image, heatmap, mask, np.random.default_rng(0), refine_config(p_hflip=1.0))
+    rng = np.random.default_rng(0)
+    _, _, flipped = augment_refinement(image, heatmap, mask, rng, refine_config(p_hflip=1.0))
     assert np.allclose(centroid(flipped.astype(float)), [14, 63 - 40])
-    _, _, flipped = augment_refinement(image, heatmap, mask, np.random.default_rng(0), refine_config(p_vflip=1.0))
+    _, _, flipped = augment_refinement(image, heatmap, mask, rng, refine_config(p_vflip=1.0))
     assert np.allclose(centroid(flipped.astype(float)), [63 - 14, 40])
     expected = {tuple(centroid(np.rot90(mask, k).astype(float))) for k in (1, 2, 3)}
     for seed in range(10):
@@ -230,7 +255,8 @@ def test_refinement_zoom_scales_about_centre_and_pads() -> None:
     before = centroid(mask.astype(float)) - centre
     for scale in (1.2, 0.8):
         out_image, out_heatmap, out_mask = augment_refinement(
-            image, heatmap, mask, np.random.default_rng(0), refine_config(p_zoom=1.0, zoom_range=(scale, scale))
+            image, heatmap, mask, np.random.default_rng(0),
+            refine_config(p_zoom=1.0, zoom_range=(scale, scale)),
         )
         assert np.allclose(centroid((out_mask == 1).astype(float)) - centre, scale * before, atol=0.6)
         assert np.allclose(centroid(out_heatmap) - centre, scale * before, atol=0.6)
@@ -257,7 +283,8 @@ def test_refinement_non_square_keeps_size() -> None:
     heatmap = image[..., 0].copy()
     mask = (heatmap > 0.5).astype(np.uint8)
     for seed in range(10):
-        out = augment_refinement(image, heatmap, mask, np.random.default_rng(seed), refine_config(p_rot90=1.0))
+        rng = np.random.default_rng(seed)
+        out = augment_refinement(image, heatmap, mask, rng, refine_config(p_rot90=1.0))
         assert out[0].shape == image.shape and np.array_equal(out[2], np.rot90(mask, 2))
 
 
@@ -319,6 +346,7 @@ def test_macenko_skips_blank_uniform_and_near_empty_images() -> None:
 def test_refinement_input_validation() -> None:
     image = np.zeros((8, 8, 3), np.float32)
     with pytest.raises(ValueError):
-        augment_refinement(image, np.zeros((8, 9), np.float32), np.zeros((8, 8), np.uint8), np.random.default_rng(0))
+        bad_heatmap = np.zeros((8, 9), np.float32)
+        augment_refinement(image, bad_heatmap, np.zeros((8, 8), np.uint8), np.random.default_rng(0))
     with pytest.raises(ValueError):
         RefineAugmentConfig(zoom_range=(0.0, 1.2))

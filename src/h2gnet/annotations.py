@@ -33,7 +33,6 @@ MASK_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp"}
 DEFAULT_MASK_DOWNSAMPLE = 4.0
 #: Annotations may overhang the slide by this fraction of its size before they are rejected.
 BOUNDS_SLACK = 0.02
-_SUBPIXEL_BITS = 4
 
 
 # -- GeoJSON ---------------------------------------------------------------------------
@@ -148,25 +147,51 @@ def check_bounds(polygons: list[Polygon], extent_l0: tuple[int, int], path: str 
         )
 
 
+def _fill_polygon(mask: np.ndarray, rings: list[np.ndarray]) -> None:
+    """OR into ``mask`` the pixels whose centres lie inside ``rings`` (even-odd: holes excluded).
+
+    ``rings`` are in raster coordinates (pixel c spans [c, c + 1), centre c + 0.5).
+    A scanline rasteriser of our own: OpenCV's fillPoly includes outline pixels
+    (a bias of about one pixel per edge), which shows up in round trips.
+    """
+    rows, cols = mask.shape
+    pts = np.concatenate(rings)
+    r0, r1 = max(0, int(np.floor(pts[:, 1].min()))), min(rows, int(np.ceil(pts[:, 1].max())) + 1)
+    c0, c1 = max(0, int(np.floor(pts[:, 0].min()))), min(cols, int(np.ceil(pts[:, 0].max())) + 1)
+    if r0 >= r1 or c0 >= c1:
+        return
+    toggles = np.zeros((r1 - r0, c1 - c0 + 1), np.int32)
+    for ring in rings:
+        a, b = ring, np.roll(ring, -1, axis=0)
+        lo, hi = np.minimum(a[:, 1], b[:, 1]), np.maximum(a[:, 1], b[:, 1])
+        first = np.clip(np.ceil(lo - 0.5).astype(np.int64), r0, r1)  # rows whose centre is in [lo, hi)
+        stop = np.clip(np.ceil(hi - 0.5).astype(np.int64), r0, r1)
+        counts = np.maximum(stop - first, 0)
+        if counts.sum() == 0:
+            continue
+        edge = np.repeat(np.arange(len(a)), counts)
+        offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        r = first[edge] + offsets
+        t = (r + 0.5 - a[edge, 1]) / (b[edge, 1] - a[edge, 1])
+        x = a[edge, 0] + t * (b[edge, 0] - a[edge, 0])
+        c = np.clip(np.ceil(x - 0.5).astype(np.int64), c0, c1) - c0  # first pixel whose centre is right of x
+        np.add.at(toggles, (r - r0, c), 1)
+    inside = (np.cumsum(toggles, axis=1) & 1)[:, :-1].astype(bool)
+    mask[r0:r1, c0:c1] |= inside
+
+
 def rasterize(polygons: list[Polygon], extent_l0: tuple[int, int], slide_mpp: float, mpp: float) -> Raster:
     """Boolean mask of ``polygons`` at ``mpp`` µm/px over a slide of ``extent_l0`` = (width, height) px.
 
-    Pixels whose centres are inside are set; pixels on the outline follow
-    OpenCV's fill rule (vertices at 1/16 px, outline pixels included), so
-    areas carry at most about one pixel of bias along each edge. Polygons are
-    drawn in order, each exterior then its holes.
+    A raster pixel is set when its centre is inside a polygon (holes excluded);
+    the result is the union of all polygons.
     """
     d = mpp / slide_mpp
     rows, cols = max(1, round(extent_l0[1] / d)), max(1, round(extent_l0[0] / d))
-    mask = np.zeros((rows, cols), dtype=np.uint8)
-    scale = float(1 << _SUBPIXEL_BITS)
+    mask = np.zeros((rows, cols), dtype=bool)
     for poly in polygons:
-        for i, ring in enumerate(poly):
-            # level-0 x -> raster coordinate x / d - 0.5 (OpenCV puts pixel c's centre at c)
-            pts = np.round((ring / d - 0.5) * scale).astype(np.int64)
-            pts = np.clip(pts, -(1 << 26), 1 << 26).astype(np.int32)
-            cv2.fillPoly(mask, [pts], 1 if i == 0 else 0, lineType=cv2.LINE_8, shift=_SUBPIXEL_BITS)
-    return Raster(mask.astype(bool), mpp, slide_mpp)
+        _fill_polygon(mask, [ring / d for ring in poly])
+    return Raster(mask, mpp, slide_mpp)
 
 
 # -- mask images -----------------------------------------------------------------------

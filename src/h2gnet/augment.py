@@ -30,6 +30,7 @@ import warnings
 from dataclasses import dataclass
 
 import cv2
+import torch  # MUTATION
 import numpy as np
 
 _LOG = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ def _check_probability(name: str, value: float) -> None:
 def _check_range(name: str, bounds: tuple[float, float], *, positive: bool = False) -> None:
     low, high = bounds
     if low > high or (positive and low <= 0):
-        raise ValueError(f"{name} must be (low, high) with low <= high{' and low > 0' if positive else ''}, got {bounds}")
+        extra = " and low > 0" if positive else ""
+        raise ValueError(f"{name} must be (low, high) with low <= high{extra}, got {bounds}")
 
 
 # --------------------------------------------------------------------------- shared geometry
@@ -301,7 +303,9 @@ def macenko_stain_augment(
 
 def _validate_refinement(image: np.ndarray, heatmap: np.ndarray, mask: np.ndarray) -> None:
     if image.ndim != 3 or image.shape[2] != 3 or not np.issubdtype(image.dtype, np.floating):
-        raise ValueError(f"image must be a float (H, W, 3) RGB array in [0, 1], got {image.dtype} {image.shape}")
+        raise ValueError(
+            f"image must be a float (H, W, 3) RGB array in [0, 1], got {image.dtype} {image.shape}"
+        )
     if heatmap.shape != image.shape[:2] or mask.shape != image.shape[:2]:
         raise ValueError(
             f"heatmap {heatmap.shape} and mask {mask.shape} must both be (H, W) = {image.shape[:2]}"
@@ -348,11 +352,15 @@ def augment_refinement(
     hflip, vflip, k = _flip_rotate_params(rng, cfg.p_hflip, cfg.p_vflip, cfg.p_rot90)
     if k and height != width:
         k = 2  # a quarter turn would change the size of a non-square sample
-    out_image, out_heatmap, out_mask = (_flip_rotate(a, hflip, vflip, k) for a in (out_image, out_heatmap, out_mask))
+    out_image, out_heatmap, out_mask = (
+        _flip_rotate(a, hflip, vflip, k) for a in (out_image, out_heatmap, out_mask)
+    )
 
     if rng.random() < cfg.p_zoom:
         scale = float(rng.uniform(*cfg.zoom_range))
-        out_image = zoom_about_centre(out_image, scale, interpolation=cv2.INTER_LINEAR, fill=(cfg.image_fill,) * 3)
+        out_image = zoom_about_centre(
+            out_image, scale, interpolation=cv2.INTER_LINEAR, fill=(cfg.image_fill,) * 3
+        )
         out_heatmap = zoom_about_centre(out_heatmap, scale, interpolation=cv2.INTER_LINEAR, fill=0.0)
         out_mask = zoom_about_centre(out_mask, scale, interpolation=cv2.INTER_NEAREST, fill=0.0)
 

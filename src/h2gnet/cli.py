@@ -73,6 +73,195 @@ def _cmd_patches(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- stage 1 ---------------------------------------------------------------------------
+def _patch_config(args: argparse.Namespace):
+    from h2gnet.training.patch import PatchTrainConfig
+
+    return PatchTrainConfig(
+        manifest=str(Path(args.manifest).resolve()), index_dir=str(Path(args.index).resolve()), arch=args.arch,
+        weights=args.weights, epochs=args.epochs, steps=args.steps, val_steps=args.val_steps,
+        batch_size=args.batch_size, lr=args.lr, input_size=args.input_size,
+        clusters=str(Path(args.clusters).resolve()) if args.clusters else None, augment=not args.no_augment,
+        workers=args.workers, seed=args.seed, threads=args.threads, progress=not args.quiet)
+
+
+def _cmd_train_patch(args: argparse.Namespace) -> int:
+    from h2gnet.training.patch import train_patch_classifier
+
+    metrics = train_patch_classifier(args.output, _patch_config(args), overwrite=args.overwrite)
+    print(f"model: {Path(args.output) / 'model.onnx'} (best epoch {metrics['best_epoch']}, "
+          f"val loss {metrics['best_val_loss']:.4f})")
+    test = metrics.get("test")
+    if test:
+        print(f"test patches: balanced accuracy {test['balanced_accuracy']:.3f} "
+              f"(tumour {test['accuracy_tumour']:.3f} on {test['tumour_patches']}, "
+              f"non-tumour {test['accuracy_non_tumour']:.3f} on {test['non_tumour_patches']})")
+    return 0
+
+
+def _cmd_cluster(args: argparse.Namespace) -> int:
+    from h2gnet.training.cluster import ClusterConfig, fit_cohort_clustering
+
+    cfg = ClusterConfig(manifest=str(args.manifest), index_dir=str(args.index), k=args.k, batches=args.batches,
+                        batch_size=args.batch_size, input_size=args.input_size, weights=args.weights,
+                        workers=args.workers, seed=args.seed, progress=not args.quiet)
+    summary = fit_cohort_clustering(args.output, cfg)
+    print(f"clustering: k={summary['k']}, {summary['n_components']} principal components "
+          f"({summary['explained_variance']:.1%} of variance) -> {args.output}")
+    return 0
+
+
+def _add_stage1(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-patch", help="train the patch classifier from raw slides (hierarchical sampling)")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--index", type=Path, required=True, help="patch index folder (from `h2gnet patches`)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="run folder")
+    p.add_argument("--arch", choices=("mobilenetv2", "inceptionv3"), default="mobilenetv2")
+    p.add_argument("--weights", default=None,
+                   help="'imagenet' (torchvision download, online machines) or a local state-dict file; "
+                        "default: random initialisation")
+    p.add_argument("--clusters", type=Path, default=None, help="clustering folder (from `h2gnet cluster`): CWCE loss")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--steps", type=int, default=500, help="training batches per epoch")
+    p.add_argument("--val-steps", type=int, default=200, help="validation batches per epoch")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--input-size", type=int, default=None,
+                   help="model input side in px (default: the index's patch size; smaller reads the same "
+                        "field of view at a coarser µm/px)")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes reading patches")
+    p.add_argument("--threads", type=int, default=None, help="PyTorch threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
+    p.set_defaults(func=_cmd_train_patch)
+
+    p = sub.add_parser("cluster", help="fit the k-means tissue clustering used for cluster guiding")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--index", type=Path, required=True)
+    p.add_argument("-o", "--output", type=Path, required=True, help="clustering folder")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--batches", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--input-size", type=int, default=None, help="VGG16 input side in px (default: patch size)")
+    p.add_argument("--weights", default=None, help="'imagenet' or a local VGG16 state-dict file")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_cluster)
+
+
+# -- stage 2 and inference ----------------------------------------------------------------
+def _segment_config(args: argparse.Namespace, refine: Path | None):
+    from h2gnet.segment import SegmentConfig
+
+    return SegmentConfig(patch_model=args.patch_model, refine_model=refine, device=args.device,
+                         threads=args.threads, batch_size=args.batch_size, readers=args.readers,
+                         progress=not args.quiet)
+
+
+def _cmd_heatmap(args: argparse.Namespace) -> int:
+    from h2gnet.heatmap import HEATMAP_SUFFIX, compute_heatmap, save_heatmap
+    from h2gnet.manifest import read_manifest
+    from h2gnet.segment import Models, check_writable
+    from h2gnet.slides import open_slide
+    from h2gnet.tissue import detect_tissue
+
+    entries = read_manifest(args.manifest)
+    check_writable(args.output)
+    cfg = _segment_config(args, None)
+    models = Models.load(cfg)
+    failures = []
+    for e in entries:
+        target = args.output / f"{e.key}{HEATMAP_SUFFIX}"
+        if target.exists() and not args.overwrite:
+            continue
+        try:
+            with open_slide(e.slide, e.mpp) as slide:
+                heat = compute_heatmap(slide, models.patch, detect_tissue(slide), cfg.min_tissue, cfg.batch_size,
+                                       cfg.readers, cfg.progress)
+                save_heatmap(target, heat, slide.dimensions, str(slide.path))
+        except H2GNetError as exc:
+            failures.append(str(exc))
+            print(f"error: {exc}", file=sys.stderr)
+    print(f"heatmaps: {len(entries) - len(failures)} of {len(entries)} slide(s) in {args.output}")
+    return 1 if failures else 0
+
+
+def _cmd_train_refine(args: argparse.Namespace) -> int:
+    from h2gnet.training.refine import RefineTrainConfig, train_refiner
+
+    cfg = RefineTrainConfig(manifest=str(Path(args.manifest).resolve()),
+                            heatmaps=str(Path(args.heatmaps).resolve()) if args.heatmaps else None,
+                            arch=args.arch, input_size=args.input_size, epochs=args.epochs, patience=args.patience,
+                            batch_size=args.batch_size, accumulation=args.accumulation, lr=args.lr,
+                            augment=not args.no_augment, seed=args.seed, threads=args.threads,
+                            progress=not args.quiet)
+    metrics = train_refiner(args.output, cfg, overwrite=args.overwrite)
+    print(f"model: {Path(args.output) / 'model.onnx'} (best epoch {metrics['best_epoch']}, "
+          f"validation Dice {metrics['val_dice']:.3f})")
+    return 0
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from h2gnet.segment import segment_many
+    from h2gnet.tables import format_table
+
+    if args.no_refine == (args.refine_model is not None):
+        raise H2GNetError(None, "give either --refine-model R.onnx or --no-refine (the patch-wise result)")
+    cfg = _segment_config(args, args.refine_model)
+    status = segment_many(args.inputs, args.output, cfg, mpp=args.mpp, overwrite=args.overwrite)
+    rows = [{"slide": Path(k).name, **{c: v[c] for c in ("status", "seconds", "error")}} for k, v in status.items()]
+    print(format_table(rows))
+    failed = sum(1 for r in rows if r["status"] == "failed")
+    if failed:
+        print(f"{failed} of {len(rows)} slide(s) failed (see {args.output / 'status.csv'})", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _add_inference_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--patch-model", type=Path, required=True, help="patch classifier (.onnx, from train-patch)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "tensorrt", "openvino", "auto"),
+                   help="ONNX Runtime execution provider (default cpu)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
+    p.add_argument("--batch-size", type=int, default=32, help="patches per inference batch")
+    p.add_argument("--readers", type=int, default=2, help="patch-reading threads")
+    p.add_argument("--overwrite", action="store_true", help="redo slides that already have outputs")
+
+
+def _add_stage2(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("heatmap", help="stage-1 tumour heatmaps of a cohort's slides")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True, help="heatmap folder (NAME.heatmap.tiff)")
+    _add_inference_options(p)
+    p.set_defaults(func=_cmd_heatmap)
+
+    p = sub.add_parser("train-refine", help="train the refinement network on low-res slides + heatmaps")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--heatmaps", type=Path, default=None, help="heatmap folder (not needed for unet-lr)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="run folder")
+    p.add_argument("--arch", choices=("unet", "agunet", "dagunet", "doubleunet", "unet-lr"), default="unet")
+    p.add_argument("--input-size", type=int, default=1024, help="network input side in px (paper: 1024)")
+    p.add_argument("--epochs", type=int, default=1000)
+    p.add_argument("--patience", type=int, default=100, help="early-stopping patience in epochs")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--accumulation", type=int, default=6, help="gradient-accumulation steps")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
+    p.set_defaults(func=_cmd_train_refine)
+
+    p = sub.add_parser("segment", help="segment slides: masks, GeoJSON, heatmaps, overlays, summaries")
+    p.add_argument("inputs", nargs="+", help="slide files, glob patterns or manifest .csv files")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder (flat, files named by slide)")
+    p.add_argument("--refine-model", type=Path, default=None, help="refinement network (.onnx)")
+    p.add_argument("--no-refine", action="store_true", help="patch-wise result: heatmap > 0.5")
+    p.add_argument("--mpp", type=float, default=None, help="level-0 µm/px for slides without it")
+    _add_inference_options(p)
+    p.set_defaults(func=_cmd_segment)
+
+
 # -- parser ----------------------------------------------------------------------------
 def _add_foundation(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="generate a phantom H&E cohort (slides, annotations, manifest)")
@@ -108,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_foundation(sub)
+    _add_stage1(sub)
+    _add_stage2(sub)
     return parser
 
 

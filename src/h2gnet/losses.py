@@ -24,7 +24,9 @@ def _per_sample_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     log_probs = F.log_softmax(logits, dim=1)
     if targets.dtype in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
         if targets.shape != logits.shape[:1]:
-            raise ValueError(f"class-index targets must have shape {tuple(logits.shape[:1])}, got {tuple(targets.shape)}")
+            raise ValueError(
+                f"class-index targets must have shape {tuple(logits.shape[:1])}, got {tuple(targets.shape)}"
+            )
         n_classes = logits.shape[1]
         if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= n_classes):
             raise ValueError(f"class indices must lie in [0, {n_classes - 1}]")
@@ -103,13 +105,17 @@ def _as_one_hot(target: Tensor, n_classes: int, like: Tensor) -> Tensor:
     """(N, H, W) integer labels or (N, C, H, W) one-hot → float (N, C, H, W) like ``like``."""
     if target.ndim == like.ndim - 1 and not target.is_floating_point():
         if target.shape != like.shape[:1] + like.shape[2:]:
-            raise ValueError(f"label mask shape {tuple(target.shape)} does not match prediction {tuple(like.shape)}")
+            raise ValueError(
+                f"label mask shape {tuple(target.shape)} does not match prediction {tuple(like.shape)}"
+            )
         if target.numel() and (int(target.min()) < 0 or int(target.max()) >= n_classes):
             raise ValueError(f"mask labels must lie in [0, {n_classes - 1}]")
         one_hot = F.one_hot(target.long(), n_classes)  # (N, H, W, C)
         return one_hot.movedim(-1, 1).to(like.dtype)
     if target.shape != like.shape:
-        raise ValueError(f"one-hot target shape {tuple(target.shape)} does not match prediction {tuple(like.shape)}")
+        raise ValueError(
+            f"one-hot target shape {tuple(target.shape)} does not match prediction {tuple(like.shape)}"
+        )
     return target.to(like.dtype)
 
 

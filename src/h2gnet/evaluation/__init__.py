@@ -5,7 +5,15 @@ Pure pieces (numpy in, dicts out): per-slide metrics and summaries
 (:mod:`.report`). No torch; matplotlib only inside :func:`.report.boxplot_png`.
 """
 
-from h2gnet.evaluation.metrics import METRICS, binarise, mean_std, slide_metrics, summarise
+from h2gnet.evaluation.metrics import (
+    METRICS,
+    binarise,
+    mean_std,
+    slide_metrics,
+    summarise,
+    summarise_designs,
+    values_by_design,
+)
 from h2gnet.evaluation.report import (
     boxplot_png,
     format_mean_std,
@@ -26,8 +34,10 @@ __all__ = [
     "print_table",
     "slide_metrics",
     "summarise",
+    "summarise_designs",
     "summary_markdown",
     "tukey_table",
+    "values_by_design",
     "write_slides_csv",
     "write_summary_json",
     "write_summary_markdown",

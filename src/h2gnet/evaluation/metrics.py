@@ -160,3 +160,27 @@ def summarise(
         "by": by,
         "groups": {label: _summary_block(groups[label], metrics) for label in ordered},
     }
+
+
+def split_by_design(
+    rows: Sequence[Mapping[str, Any]], key: str = "design"
+) -> dict[str, list[Mapping[str, Any]]]:
+    """Rows grouped by ``row[key]`` (first-seen order of designs)."""
+    out: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        out.setdefault(str(row[key]), []).append(row)
+    return out
+
+
+def summarise_designs(
+    rows: Sequence[Mapping[str, Any]], by: str | None = "grade", key: str = "design"
+) -> dict[str, dict[str, Any]]:
+    """:func:`summarise` for each design of a long table of per-slide rows (``row[key]`` names the design)."""
+    return {design: summarise(group, by=by) for design, group in split_by_design(rows, key).items()}
+
+
+def values_by_design(
+    rows: Sequence[Mapping[str, Any]], metric: str = "dice", key: str = "design"
+) -> dict[str, list[float]]:
+    """Per-slide ``metric`` values of each design (NaN kept): the input of Tukey's test and the box plot."""
+    return {d: [float(r.get(metric, math.nan)) for r in g] for d, g in split_by_design(rows, key).items()}

@@ -71,7 +71,11 @@ def write_slides_csv(
 
 
 def format_mean_std(stat: Mapping[str, Any], digits: int = 3, n_expected: int | None = None) -> str:
-    """``"0.933 ± 0.069"`` from ``{"mean", "std", "n"}``; ``"–"`` if n = 0; ``(n=k)`` if k != n_expected."""
+    """``"0.933 ± 0.069"`` from ``{"mean", "std", "n"}``.
+
+    ``"–"`` when n = 0; the std is left out when NaN; ``" (n=k)"`` is appended
+    when ``n_expected`` is given and differs from n.
+    """
     n = int(stat.get("n", 0))
     if n == 0 or math.isnan(stat["mean"]):
         return "–"
@@ -188,7 +192,9 @@ def summary_json(summaries: Summaries, extra: Mapping[str, Any] | None = None) -
     return json.dumps(_json_safe(doc), indent=2, allow_nan=False) + "\n"
 
 
-def write_summary_json(path: str | Path, summaries: Summaries, extra: Mapping[str, Any] | None = None) -> Path:
+def write_summary_json(
+    path: str | Path, summaries: Summaries, extra: Mapping[str, Any] | None = None
+) -> Path:
     """Atomically write :func:`summary_json`; returns ``Path(path)``."""
     write_text(path, summary_json(summaries, extra))
     return Path(path)
@@ -246,7 +252,11 @@ def boxplot_png(
     ax = fig.add_subplot()
     ax.boxplot(data, showfliers=False)
     rotate = len(names) > 3
-    ax.set_xticks(range(1, len(names) + 1), names, rotation=30 if rotate else 0, ha="right" if rotate else "center")
+    ax.set_xticks(range(1, len(names) + 1), names)
+    if rotate:
+        ax.tick_params(axis="x", labelrotation=30)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
     for i, values in enumerate(data, start=1):
         jitter = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else np.zeros(len(values))
         ax.scatter(i + jitter, values, s=8, alpha=0.5, color="tab:blue", zorder=3)

@@ -27,7 +27,7 @@ Properties are QuPath's: ``{"objectType": "annotation", "classification":
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,6 @@ import cv2
 import numpy as np
 
 from h2gnet.atomic import write_text
-from h2gnet.errors import H2GNetError
 from h2gnet.raster import Raster
 
 DEFAULT_MIN_AREA_UM2 = 500.0
@@ -63,21 +62,27 @@ def _drop_redundant(ring: np.ndarray) -> np.ndarray:
 
 
 def _contour_to_corners(contour: np.ndarray, offset: tuple[int, int]) -> np.ndarray:
-    """Map a contour traced on the padded 2x-upsampled crop to pixel-corner coordinates.
+    """Map a contour traced on the 2x-upsampled, 1-px-padded crop to pixel-corner coordinates.
 
-    In the 2x image a mask pixel ``c`` is sub-pixels ``2c`` and ``2c + 1``; the
-    contour runs through the centres of boundary sub-pixels, and sub-pixel ``u``
-    sits against corner ``ceil(u / 2)``, which is exactly the pixel edge.
+    After padding, crop pixel ``c`` is sub-pixels ``2c + 2`` and ``2c + 3`` of the
+    2x image; the contour runs through centres of boundary sub-pixels, and
+    sub-pixel ``u`` lies against corner ``ceil((u - 2) / 2) = (u - 1) // 2``,
+    which is exactly the pixel edge.
     """
-    pts = contour.reshape(-1, 2).astype(np.int64) - 1  # undo the 1-px padding
-    corners = (pts + 1) // 2
+    corners = (contour.reshape(-1, 2).astype(np.int64) - 1) // 2
     corners += np.asarray(offset, dtype=np.int64)
     return _drop_redundant(corners)
 
 
 def _component_rings(component: np.ndarray, offset: tuple[int, int]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Exterior ring and hole rings (open, in mask-pixel corners) of one 4-connected component crop."""
-    up = np.pad(np.repeat(np.repeat(component, 2, axis=0), 2, axis=1), 1)
+    """Exterior ring and hole rings (open, in mask-pixel corners) of one 4-connected component crop.
+
+    Tracing a 2x nearest-upsampled copy makes every structure at least two
+    sub-pixels wide, so one-pixel-wide necks give two distinct edges and a
+    corner contact maps to a single shared vertex.
+    """
+    padded = np.pad(component, 1)
+    up = cv2.resize(padded, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
     contours, hierarchy = cv2.findContours(up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     outer: np.ndarray | None = None
     holes: list[np.ndarray] = []
@@ -189,15 +194,17 @@ def _class_name(feature: Mapping[str, Any]) -> str | None:
     return cls if isinstance(cls, str) else None
 
 
-def feature_polygons(fc: Mapping[str, Any], classes: set[str] | None = None) -> list[list[np.ndarray]]:
+def feature_polygons(fc: Mapping[str, Any], classes: Iterable[str] | None = None) -> list[list[np.ndarray]]:
     """Polygons (list of float64 (N, 2) rings, exterior first) of a FeatureCollection dict.
 
     Only Polygon and MultiPolygon geometries are read; ``classes`` keeps only
-    features whose classification name is in the set (None: all).
+    features whose classification name is one of these, case-insensitively
+    (None: all), like :func:`h2gnet.annotations.load_geojson`.
     """
+    wanted = None if classes is None else {c.lower() for c in classes}
     polygons: list[list[np.ndarray]] = []
     for feature in fc.get("features", []):
-        if classes is not None and _class_name(feature) not in classes:
+        if wanted is not None and (_class_name(feature) or "").lower() not in wanted:
             continue
         geometry = feature.get("geometry") or {}
         parts = {"Polygon": [geometry.get("coordinates")], "MultiPolygon": geometry.get("coordinates")}
@@ -211,7 +218,7 @@ def geojson_to_mask(
     slide_dims_l0: tuple[int, int],
     slide_mpp: float,
     mpp: float,
-    classes: set[str] | None = None,
+    classes: Iterable[str] | None = None,
 ) -> Raster:
     """Rasterise a FeatureCollection (dict or file) to a boolean whole-slide mask at ``mpp`` µm/px.
 
@@ -224,7 +231,5 @@ def geojson_to_mask(
     if isinstance(fc_or_path, Mapping):
         polygons = feature_polygons(fc_or_path, classes)
     else:
-        if not Path(fc_or_path).is_file():
-            raise H2GNetError(fc_or_path, "GeoJSON file not found")
         polygons = annotations.load_geojson(fc_or_path, classes=classes)
     return annotations.rasterize(polygons, tuple(slide_dims_l0), slide_mpp, mpp)

@@ -171,45 +171,38 @@ def write_mask_tiff(
     mask = fit_to_slide(mask, slide_dims_l0)
     src = _as_uint8(mask.array)
     out_mpp = mask.mpp if mpp is None else float(mpp)
+    if out_mpp <= 0:
+        raise ValueError(f"mpp must be positive, got {out_mpp}")
     shapes = pyramid_shapes(expected_shape(slide_dims_l0, mask.slide_mpp, out_mpp), max_top_px)
     raw_bytes = sum(r * c for r, c in shapes)
+    description = _description(out_mpp, binary)
     path = Path(path)
     try:
         with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=raw_bytes > 2**31) as tw:
-            for k, (rows, cols) in enumerate(shapes):
-                _write_level(tw, src, mask.mpp, out_mpp, shapes[0], (rows, cols), k, tile, compression, binary)
+            for k, shape in enumerate(shapes):
+                # level pixel size in level-0-output pixels (≈ 2**k; exact ratio of the sides)
+                down_r, down_c = shapes[0][0] / shape[0], shapes[0][1] / shape[1]
+                factor_r, factor_c = out_mpp * down_r / mask.mpp, out_mpp * down_c / mask.mpp
+                tiles = _level_tiles(src, shape, factor_r, factor_c, tile)
+                options = _page_options(shape, tile, compression, (out_mpp * down_c, out_mpp * down_r))
+                tw.write(tiles, subfiletype=1 if k else 0, description=None if k else description, **options)
     except OSError as exc:
         raise H2GNetError(path, f"cannot write mask TIFF ({exc.strerror or exc})") from None
     return path
 
 
-def _write_level(
-    tw: tifffile.TiffWriter,
-    src: np.ndarray,
-    src_mpp: float,
-    out_mpp: float,
-    level0: tuple[int, int],
-    shape: tuple[int, int],
-    k: int,
-    tile: int,
-    compression: str,
-    binary: bool,
-) -> None:
-    """Write pyramid level ``k`` (``shape``) as one top-level tiled page."""
-    down_r, down_c = level0[0] / shape[0], level0[1] / shape[1]
-    level_mpp = out_mpp * down_c
-    tiles = _level_tiles(src, shape, out_mpp * down_r / src_mpp, out_mpp * down_c / src_mpp, tile)
-    tw.write(
-        tiles,
-        shape=shape,
-        dtype=np.uint8,
-        tile=(tile, tile),
-        photometric="minisblack",
-        compression=_COMPRESSION[compression],
-        resolution=(1e4 / level_mpp, 1e4 / (out_mpp * down_r)),
-        resolutionunit="CENTIMETER",
-        subfiletype=1 if k else 0,
-        description=_description(out_mpp, binary) if k == 0 else None,
-        metadata=None,
-        software="h2gnet",
-    )
+def _page_options(
+    shape: tuple[int, int], tile: int, compression: str, mpp_xy: tuple[float, float]
+) -> dict[str, object]:
+    """tifffile ``write`` arguments of one tiled 8-bit grey page at (x, y) µm/px ``mpp_xy``."""
+    return {
+        "shape": shape,
+        "dtype": np.uint8,
+        "tile": (tile, tile),
+        "photometric": "minisblack",
+        "compression": _COMPRESSION[compression],
+        "resolution": (1e4 / mpp_xy[0], 1e4 / mpp_xy[1]),
+        "resolutionunit": "CENTIMETER",
+        "metadata": None,
+        "software": "h2gnet",
+    }

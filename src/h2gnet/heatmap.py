@@ -1,0 +1,131 @@
+"""Stage-1 inference: the patch classifier over a slide's tissue, stitched into a heatmap (section 2.5).
+
+The slide is covered by the patch grid (patch side = the model's input size at
+its µm/px, 256 px at 1.0 µm/px by default); patches with enough tissue are
+read on background threads, batched, and classified by ONNX Runtime; each
+patch's tumour probability becomes one heatmap pixel. Memory is bounded by
+the prefetch depth whatever the slide size; no level-0 canvas exists.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from h2gnet.atomic import atomic_path
+from h2gnet.errors import H2GNetError
+from h2gnet.inference import OnnxModel
+from h2gnet.patches import MIN_TISSUE, PatchGrid, cell_fractions
+from h2gnet.raster import Raster
+from h2gnet.slides import Slide
+
+HEATMAP_SUFFIX = ".heatmap.tiff"
+
+
+@dataclass
+class HeatmapStats:
+    """What a heatmap run did: patch count and seconds per stage."""
+
+    patches: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def patch_grid_for(slide: Slide, model: OnnxModel) -> PatchGrid:
+    """The slide's patch grid at the classifier's input size and µm/px."""
+    return PatchGrid(slide.dimensions, slide.mpp, model.input_size, model.mpp)
+
+
+def _read_batch(slide: Slide, xs: np.ndarray, ys: np.ndarray, size: int, mpp: float) -> np.ndarray:
+    batch = np.empty((len(xs), size, size, 3), np.uint8)
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        batch[i] = slide.read_region((int(x), int(y)), (size, size), mpp)
+    return batch
+
+
+def _batches(slide: Slide, xs: np.ndarray, ys: np.ndarray, size: int, mpp: float, batch_size: int,
+             readers: int, prefetch: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, uint8 NHWC batch) in order, read ``prefetch`` batches ahead on ``readers`` threads."""
+    starts = list(range(0, len(xs), batch_size))
+    with ThreadPoolExecutor(max(1, readers)) as pool:
+        pending: deque = deque()
+        for start in starts:
+            pending.append((start, pool.submit(_read_batch, slide, xs[start:start + batch_size],
+                                               ys[start:start + batch_size], size, mpp)))
+            if len(pending) > prefetch:
+                s, fut = pending.popleft()
+                yield s, fut.result()
+        while pending:
+            s, fut = pending.popleft()
+            yield s, fut.result()
+
+
+def compute_heatmap(slide: Slide, model: OnnxModel, tissue: Raster, min_tissue: float = MIN_TISSUE,
+                    batch_size: int = 32, readers: int = 2, progress: bool = True,
+                    stats: HeatmapStats | None = None) -> Raster:
+    """Tumour-probability heatmap (float32, one pixel per patch; 0 where no patch was classified)."""
+    from tqdm.auto import tqdm
+
+    grid = patch_grid_for(slide, model)
+    t0 = time.perf_counter()
+    frac = cell_fractions(tissue, grid)
+    rows, cols = np.nonzero(frac > min_tissue)
+    xs, ys = grid.locations(rows, cols)
+    heat = np.zeros(grid.shape, np.float32)
+    if len(rows) == 0:
+        raise H2GNetError(slide.path, f"no patch has more than {min_tissue:.0%} tissue; nothing to classify")
+    tumour_col = model.classes.index("tumour") if "tumour" in model.classes else -1
+    t_infer = 0.0
+    with tqdm(total=len(rows), desc=f"heatmap {slide.name}", unit="patch", disable=not progress) as bar:
+        for start, batch in _batches(slide, xs, ys, model.input_size, model.mpp, batch_size, readers,
+                                     prefetch=max(2, readers * 2)):
+            t1 = time.perf_counter()
+            probs = model(batch.transpose(0, 3, 1, 2).astype(np.float32) * (1.0 / 255.0))
+            t_infer += time.perf_counter() - t1
+            sel = slice(start, start + len(batch))
+            heat[rows[sel], cols[sel]] = probs[:, tumour_col]
+            bar.update(len(batch))
+    if stats is not None:
+        stats.patches = int(len(rows))
+        stats.seconds["heatmap"] = time.perf_counter() - t0
+        stats.seconds["inference"] = t_infer
+    return Raster(heat, grid.cell_mpp, slide.mpp)
+
+
+# -- storage ---------------------------------------------------------------------------
+def save_heatmap(path: str | Path, heatmap: Raster, extent_l0: tuple[int, int], slide: str = "") -> Path:
+    """A float32 TIFF (one pixel per patch) with µm/px resolution tags and JSON metadata."""
+    import tifffile
+
+    meta = {"h2gnet_kind": "heatmap", "mpp": heatmap.mpp, "slide_mpp": heatmap.slide_mpp,
+            "extent_l0": list(extent_l0), "slide": slide}
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, heatmap.array.astype(np.float32), description=json.dumps(meta),
+                         resolution=(1e4 / heatmap.mpp, 1e4 / heatmap.mpp), resolutionunit="CENTIMETER",
+                         compression="zlib", metadata=None)
+    return Path(path)
+
+
+def load_heatmap(path: str | Path) -> tuple[Raster, tuple[int, int]]:
+    """(heatmap raster, slide extent in level-0 px) from :func:`save_heatmap`'s file."""
+    import tifffile
+
+    path = Path(path)
+    if not path.exists():
+        raise H2GNetError(path, "no such heatmap file")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            meta = json.loads(page.description)
+            arr = page.asarray()
+    except Exception as exc:  # tifffile/json raise many types for bad files
+        raise H2GNetError(path, f"is not an h2gnet heatmap ({type(exc).__name__})") from None
+    if meta.get("h2gnet_kind") != "heatmap":
+        raise H2GNetError(path, "is not an h2gnet heatmap")
+    return Raster(arr.astype(np.float32), float(meta["mpp"]), float(meta["slide_mpp"])), tuple(meta["extent_l0"])

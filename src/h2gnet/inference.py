@@ -1,0 +1,132 @@
+"""ONNX Runtime models: load, validate and run the exported networks (no PyTorch).
+
+Patch classifiers take float32 RGB in [0, 1], NCHW, and return softmax
+probabilities (N, classes); refiners take (N, C, H, W) and return (N, classes,
+H, W). The metadata written at export (``h2gnet_kind``, ``input_size``,
+``mpp``, …) tells how to feed them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from h2gnet.errors import H2GNetError
+
+KINDS = ("patch-classifier", "refiner")
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def choose_providers(device: str = "auto") -> list[str]:
+    """Execution providers for ``device``: "cpu", "cuda", "tensorrt", "openvino" or "auto" (best installed)."""
+    have = available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    wanted = {
+        "cuda": ["CUDAExecutionProvider"],
+        "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider"],
+        "openvino": ["OpenVINOExecutionProvider"],
+        "auto": ["TensorrtExecutionProvider", "CUDAExecutionProvider"],
+    }.get(device)
+    if wanted is None:
+        raise H2GNetError(None, f"unknown device {device!r} (cpu, cuda, tensorrt, openvino or auto)")
+    chosen = [p for p in wanted if p in have]
+    if device != "auto" and not chosen:
+        raise H2GNetError(None, f"device {device!r} asked for but ONNX Runtime here has only {', '.join(have)}")
+    return [*chosen, "CPUExecutionProvider"]
+
+
+def sha256_of(path: str | Path) -> str:
+    """Hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class OnnxModel:
+    """A loaded h2gnet ONNX model.
+
+    ``path``: the .onnx file; ``expect``: the kind it must be; ``threads``:
+    intra-op threads (None: ONNX Runtime's default, all cores).
+    """
+
+    path: Path
+    expect: str
+    device: str = "cpu"
+    threads: int | None = None
+    metadata: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(self.path)
+        if not self.path.is_file():
+            raise H2GNetError(self.path, "no such model file")
+        opts = ort.SessionOptions()
+        if self.threads:
+            opts.intra_op_num_threads = int(self.threads)
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=choose_providers(self.device))
+        except H2GNetError:
+            raise
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
+            raise H2GNetError(self.path, f"is not a loadable ONNX model ({type(exc).__name__}: "
+                                         f"{str(exc).splitlines()[0][:200]})") from None
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        kind = self.metadata.get("h2gnet_kind")
+        if kind != self.expect:
+            raise H2GNetError(self.path, f"is {'an ONNX model without h2gnet metadata' if kind is None else kind!r}"
+                                         f", expected a {self.expect} exported by h2gnet")
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_shape = list(inp.shape)
+        if len(self.input_shape) != 4:
+            raise H2GNetError(self.path, f"has input shape {self.input_shape}; expected (N, C, H, W)")
+        channels = self.input_shape[1]
+        want_c = 3 if self.expect == "patch-classifier" else None
+        if want_c is not None and channels != want_c:
+            raise H2GNetError(self.path, f"takes {channels} input channels; a patch classifier takes 3 (RGB)")
+
+    @property
+    def input_size(self) -> int:
+        """Side of the square input in px (fixed in the graph or in the metadata)."""
+        side = self.input_shape[2]
+        return int(side) if isinstance(side, int) else int(self.metadata.get("input_size", 0))
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.input_shape[1])
+
+    @property
+    def mpp(self) -> float:
+        """µm/px the patch classifier was trained at (default 1.0: 10×)."""
+        return float(self.metadata.get("mpp", 1.0))
+
+    @property
+    def classes(self) -> list[str]:
+        return self.metadata.get("classes", "non-tumour,tumour").split(",")
+
+    def sha256(self) -> str:
+        return sha256_of(self.path)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Run on a float32 NCHW batch; returns the model's probabilities."""
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+
+def default_threads() -> int:
+    """Physical-ish core count for ONNX Runtime intra-op threads."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))

@@ -1,0 +1,137 @@
+"""Deterministic, tiling-independent randomness: integer hashing and lattice value noise.
+
+Everything random in a phantom slide below the scale of the scene fields
+(:mod:`h2gnet.synth.spec`) is a pure function of a seed and of *global*
+coordinates, so a pixel gets the same value whichever tile renders it.
+
+Two evaluation paths give the same noise:
+
+* :func:`noise_grid` fills a rectangle of an integer pixel grid (fast: a small
+  hashed lattice is upsampled with OpenCV's bicubic resize);
+* :func:`noise_points` evaluates the same function at arbitrary continuous grid
+  positions (used to decide where cells go, so decisions match the drawn masks).
+
+Grid coordinates: pixel ``i`` of a grid has its centre at continuous position ``i``.
+A lattice of step ``s`` pixels has node ``j`` at continuous position
+``(j + 0.5) * s - 0.5`` (OpenCV's half-pixel convention for an ``s``-fold upscale).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_KEY_MULT = (np.uint64(0xD6E8FEB86659FD93), np.uint64(0xA0761D6478BD642F), np.uint64(0xE7037ED1A0B428DB))
+_CUBIC_A = -0.75  # OpenCV's bicubic kernel parameter
+
+
+def _splitmix(z: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser on a uint64 array (wrapping arithmetic)."""
+    z = z ^ (z >> np.uint64(30))
+    z = z * _MIX1
+    z = z ^ (z >> np.uint64(27))
+    z = z * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+def hash_u64(seed: int, *keys: np.ndarray | int) -> np.ndarray:
+    """A well-mixed uint64 hash of ``seed`` and up to three integer key arrays (broadcast)."""
+    if len(keys) > len(_KEY_MULT):
+        raise ValueError("at most three hash keys")
+    with np.errstate(over="ignore"):
+        h = _splitmix(np.asarray(seed & 0xFFFFFFFFFFFFFFFF, dtype=np.uint64) * _GOLDEN + _GOLDEN)
+        for key, mult in zip(keys, _KEY_MULT):
+            k = np.asarray(key, dtype=np.int64).astype(np.uint64)
+            h = _splitmix(h ^ (k * mult + _GOLDEN))
+    return h
+
+
+def hash_uniform(seed: int, *keys: np.ndarray | int) -> np.ndarray:
+    """Uniform float64 values in [0, 1) from :func:`hash_u64`."""
+    return (hash_u64(seed, *keys) >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def sub_seed(seed: int, *labels: int) -> int:
+    """A derived 63-bit seed, e.g. one per noise layer or cell population."""
+    return int(hash_u64(seed, *labels)) >> 1
+
+
+def _lattice(seed: int, j0: int, i0: int, nx: int, ny: int) -> np.ndarray:
+    """Lattice values in [-1, 1) for nodes ``i0..i0+ny-1`` (rows) x ``j0..j0+nx-1`` (cols)."""
+    jj = np.arange(j0, j0 + nx, dtype=np.int64)[None, :]
+    ii = np.arange(i0, i0 + ny, dtype=np.int64)[:, None]
+    return (hash_uniform(seed, jj, ii) * 2.0 - 1.0).astype(np.float32)
+
+
+def noise_grid(seed: int, x0: int, y0: int, width: int, height: int, step: int) -> np.ndarray:
+    """Smooth value noise on grid pixels ``[x0, x0+width) x [y0, y0+height)``, float32 about [-1, 1].
+
+    ``step`` is the lattice spacing in grid pixels (the feature size). The result
+    for a pixel depends only on ``seed``, ``step`` and its global grid position.
+    """
+    step = max(1, int(step))
+    j0 = x0 // step - 2
+    i0 = y0 // step - 2
+    nx = (x0 + width) // step - j0 + 3
+    ny = (y0 + height) // step - i0 + 3
+    lat = _lattice(seed, j0, i0, nx, ny)
+    if step == 1:
+        up = lat
+    else:
+        up = cv2.resize(lat, (nx * step, ny * step), interpolation=cv2.INTER_CUBIC)
+    ox, oy = x0 - j0 * step, y0 - i0 * step
+    return np.ascontiguousarray(up[oy : oy + height, ox : ox + width])
+
+
+def _cubic_weights(t: np.ndarray) -> np.ndarray:
+    """OpenCV bicubic weights for fractional offsets ``t`` (shape (N,)) -> (N, 4)."""
+    a = _CUBIC_A
+    w0 = ((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a
+    w1 = ((a + 2) * t - (a + 3)) * t * t + 1
+    s = 1 - t
+    w2 = ((a + 2) * s - (a + 3)) * s * s + 1
+    return np.stack([w0, w1, w2, 1.0 - w0 - w1 - w2], axis=-1)
+
+
+def noise_points(seed: int, gx: np.ndarray, gy: np.ndarray, step: int) -> np.ndarray:
+    """:func:`noise_grid`'s function at continuous grid positions ``(gx, gy)`` (same shape), float64."""
+    step = max(1, int(step))
+    gx = np.asarray(gx, dtype=np.float64)
+    gy = np.asarray(gy, dtype=np.float64)
+    shape = np.broadcast(gx, gy).shape
+    lx = ((np.broadcast_to(gx, shape).ravel() + 0.5) / step) - 0.5
+    ly = ((np.broadcast_to(gy, shape).ravel() + 0.5) / step) - 0.5
+    if step == 1:
+        lx, ly = np.round(lx), np.round(ly)
+    fx, fy = np.floor(lx), np.floor(ly)
+    wx, wy = _cubic_weights(lx - fx), _cubic_weights(ly - fy)
+    jx = fx.astype(np.int64)[:, None] + np.arange(-1, 3)[None, :]
+    iy = fy.astype(np.int64)[:, None] + np.arange(-1, 3)[None, :]
+    vals = hash_uniform(seed, jx[:, None, :], iy[:, :, None]) * 2.0 - 1.0  # (N, 4 rows, 4 cols)
+    out = np.einsum("nij,ni,nj->n", vals, wy, wx)
+    return out.reshape(shape)
+
+
+def fbm_grid(seed: int, x0: int, y0: int, width: int, height: int, step: int, octaves: int = 3) -> np.ndarray:
+    """Fractal (multi-octave) value noise: octave ``o`` has step ``step / 2**o`` and weight ``0.5**o``."""
+    total = np.zeros((height, width), np.float32)
+    norm = 0.0
+    for o in range(octaves):
+        s = max(1, round(step / 2**o))
+        total += (0.5**o) * noise_grid(sub_seed(seed, o), x0, y0, width, height, s)
+        norm += 0.5**o
+    return total / norm
+
+
+def fbm_points(seed: int, gx: np.ndarray, gy: np.ndarray, step: int, octaves: int = 3) -> np.ndarray:
+    """:func:`fbm_grid`'s function at continuous grid positions."""
+    total = np.zeros(np.broadcast(np.asarray(gx), np.asarray(gy)).shape)
+    norm = 0.0
+    for o in range(octaves):
+        s = max(1, round(step / 2**o))
+        total += (0.5**o) * noise_points(sub_seed(seed, o), gx, gy, s)
+        norm += 0.5**o
+    return total / norm

@@ -1,0 +1,84 @@
+"""Per-grade tumour morphology and per-slide stain appearance of a phantom slide."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Reference optical-density vectors (Ruifrok & Johnston), before normalisation.
+HAEMATOXYLIN_OD = (0.65, 0.70, 0.29)
+EOSIN_OD = (0.07, 0.99, 0.11)
+
+
+@dataclass(frozen=True)
+class GradeStyle:
+    """How the tumour epithelium of one Nottingham grade looks. Lengths in µm.
+
+    ``nucleus_radius_um`` is the mean semi-major axis; ``size_sd`` the log-normal
+    spread of nuclear size (pleomorphism); ``tubule_cover`` / ``solid_cover`` the
+    fraction of nest-dense tumour area taken by tubules / solid nests.
+    """
+
+    grade: int
+    nucleus_radius_um: float
+    size_sd: float
+    max_aspect: float
+    irregularity: float
+    darkness: tuple[float, float]
+    vesicular: float
+    cell_spacing_um: float
+    tubule_cover: float
+    solid_cover: float
+    nest_scale_um: float
+    mitosis_rate: float
+    cytoplasm_h: float
+
+
+def grade_style(grade: int) -> GradeStyle:
+    """The :class:`GradeStyle` for Nottingham grade 1, 2 or 3."""
+    styles = {
+        1: GradeStyle(1, 3.9, 0.10, 1.35, 0.04, (0.50, 0.70), 0.05, 10.5, 0.42, 0.10, 45.0, 0.002, 0.14),
+        2: GradeStyle(2, 5.0, 0.20, 1.55, 0.10, (0.58, 0.82), 0.30, 11.5, 0.16, 0.30, 70.0, 0.008, 0.18),
+        3: GradeStyle(3, 6.3, 0.28, 1.75, 0.18, (0.62, 0.95), 0.60, 12.5, 0.02, 0.48, 110.0, 0.025, 0.22),
+    }
+    return styles[grade]
+
+
+@dataclass(frozen=True, eq=False)
+class StainModel:
+    """Beer-Lambert H&E model: ``RGB = 255 * exp(-(cH * h_od + cE * e_od + glass_od))``.
+
+    ``h_od`` / ``e_od`` are unit optical-density vectors (R, G, B) for one slide;
+    ``h_scale`` / ``e_scale`` multiply all stain concentrations (staining strength);
+    ``glass_od`` is the optical density of bare glass (background tint).
+    """
+
+    h_od: np.ndarray
+    e_od: np.ndarray
+    h_scale: float
+    e_scale: float
+    glass_od: np.ndarray
+
+    def od_matrix(self) -> np.ndarray:
+        """(2, 3) float32 rows: scaled H and E optical densities."""
+        return np.stack([self.h_od * self.h_scale, self.e_od * self.e_scale]).astype(np.float32)
+
+
+def _perturbed_unit(rng: np.random.Generator, base: tuple[float, float, float], sd: float) -> np.ndarray:
+    v = np.asarray(base, np.float64)
+    v = v / np.linalg.norm(v)
+    v = np.clip(v + rng.normal(0.0, sd, 3), 0.02, None)
+    return v / np.linalg.norm(v)
+
+
+def random_stain(rng: np.random.Generator) -> StainModel:
+    """A per-slide stain: perturbed H/E vectors and strengths, slightly tinted glass."""
+    glass = 0.035 + rng.uniform(-0.015, 0.015) + rng.normal(0.0, 0.006, 3)
+    return StainModel(
+        h_od=_perturbed_unit(rng, HAEMATOXYLIN_OD, 0.05),
+        e_od=_perturbed_unit(rng, EOSIN_OD, 0.05),
+        h_scale=float(rng.uniform(0.8, 1.25)),
+        e_scale=float(rng.uniform(0.75, 1.3)),
+        glass_od=np.clip(glass, 0.01, 0.08),
+    )
