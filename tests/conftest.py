@@ -80,3 +80,36 @@ def tiny_slide(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:
     slide = write_pyramid_tiff(tmp_path / "tiny.tiff", img, 0.5, downsamples=(1, 4, 16))
     ann = tumour_geojson(tmp_path / "tiny.geojson", (1024, 768), 1536 * 0.15)
     return slide, ann, tumour
+
+
+@pytest.fixture(scope="session")
+def mini_cohort(tmp_path_factory) -> Path:
+    """Four small annotated slides (train ×2, val, test) with a manifest and a patch index; returns the folder."""
+    from h2gnet.manifest import read_manifest
+    from h2gnet.patches import index_cohort
+
+    root = tmp_path_factory.mktemp("cohort")
+    rows = ["slide,annotation,grade,split"]
+    for i, (split, grade) in enumerate([("train", 1), ("train", 2), ("val", 3), ("test", 2)]):
+        img, _ = phantom_image(3072, 2048, seed=i)
+        write_pyramid_tiff(root / f"s{i}.tiff", img, 0.5, (1, 4, 16))
+        tumour_geojson(root / f"s{i}.geojson", (1536, 1024), 2048 * 0.15)
+        rows.append(f"s{i}.tiff,s{i}.geojson,{grade},{split}")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    index_cohort(read_manifest(root / "manifest.csv"), root / "index", progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def patch_run(mini_cohort: Path) -> Path:
+    """A patch classifier trained for a few steps on the mini cohort (64-px input); returns its run folder."""
+    pytest.importorskip("torch")
+    from h2gnet.training.patch import PatchTrainConfig, train_patch_classifier
+
+    cfg = PatchTrainConfig(manifest=str(mini_cohort / "manifest.csv"), index_dir=str(mini_cohort / "index"),
+                           epochs=1, steps=2, val_steps=1, batch_size=8, input_size=64, workers=0,
+                           eval_per_class=4, progress=False)
+    run = mini_cohort / "patch-run"
+    with pytest.warns(UserWarning, match="random"):
+        train_patch_classifier(run, cfg)
+    return run

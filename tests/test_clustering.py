@@ -24,11 +24,24 @@ from h2gnet.clustering import (
     _load_features_state,
     fit_clustering,
     fit_clustering_from_batches,
+    load_image_cluster_assigner,
     load_clustering,
     save_clustering,
     vgg16_features,
 )
 from h2gnet.errors import H2GNetError
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_threaded():  # noqa: ANN201
+    """One BLAS/OpenMP/torch thread: tiny problems, and a shared 2-core machine punishes busy-waiting pools."""
+    from threadpoolctl import threadpool_limits
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(previous)
 
 
 def sklearn_reference(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, PCA]:
@@ -191,7 +204,21 @@ def test_vgg16_features_shape_frozen_and_normalised(random_extractor: VGG16Featu
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     manual = random_extractor.features((images - mean) / std).mean(dim=(2, 3))
     assert torch.allclose(out, manual)
-    assert random_extractor.weights_source == "random"
+    assert random_extractor.weights_source == "random(seed=0)"
+
+
+def test_random_extractor_is_reproducible_from_its_seed(random_extractor: VGG16Features) -> None:
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    with pytest.warns(RandomFeaturesWarning):
+        again = vgg16_features(None)
+        other = vgg16_features(None, random_seed=1)
+    assert torch.equal(torch.rand(3), expected_next), "global torch RNG must be left alone"
+    images = torch.rand(1, 3, 32, 32)
+    assert torch.equal(again(images), random_extractor(images))
+    assert not torch.equal(other(images), random_extractor(images))
+    assert other.weights_source == "random(seed=1)"
 
 
 def test_vgg16_layout_matches_torchvision(random_extractor: VGG16Features) -> None:
@@ -232,7 +259,7 @@ def test_vgg16_imagenet_offline_falls_back_with_warning(monkeypatch: pytest.Monk
     monkeypatch.setattr(type(VGG16_Weights.IMAGENET1K_V1), "get_state_dict", offline)
     with pytest.warns(RandomFeaturesWarning, match="network unreachable"):
         module = vgg16_features("imagenet")
-    assert module.weights_source == "random"
+    assert module.weights_source == "random(seed=0)"
 
 
 def test_vgg16_imagenet_uses_torchvision_weights(
@@ -282,7 +309,7 @@ def test_vgg16_bad_weights_files_name_the_file(tmp_path: Path) -> None:
         vgg16_features(other)
 
 
-def test_fit_from_endless_batches_and_image_assigner(random_extractor: VGG16Features) -> None:
+def test_fit_from_endless_batches_and_image_assigner(tmp_path: Path, random_extractor: VGG16Features) -> None:
     generator = torch.Generator().manual_seed(0)
 
     def endless():  # noqa: ANN202 - like the hierarchical sampler: never stops
@@ -292,12 +319,17 @@ def test_fit_from_endless_batches_and_image_assigner(random_extractor: VGG16Feat
             yield images, torch.zeros(4, dtype=torch.long)
 
     model = fit_clustering_from_batches(endless(), random_extractor, k=3, n_batches=3)
-    assert model.k == 3 and model.weights == "random" and model.extractor == VGG16Features.name
+    assert model.k == 3 and model.weights == "random(seed=0)" and model.extractor == VGG16Features.name
     images = torch.rand(6, 3, 32, 32, generator=generator)
     assigner = ImageClusterAssigner(random_extractor, ClusterAssigner(model))
     ids = assigner(images)
     assert ids.shape == (6,) and ids.dtype == torch.int64
     assert np.array_equal(ids.numpy(), model.predict(random_extractor(images).double().numpy()))
+    # reloaded for training: the recorded random extractor is rebuilt, so ids agree
+    save_clustering(model, tmp_path)
+    with pytest.warns(RandomFeaturesWarning):
+        reloaded = load_image_cluster_assigner(tmp_path)
+    assert torch.equal(reloaded(images), ids)
 
 
 def test_image_assigner_warns_on_weights_mismatch(

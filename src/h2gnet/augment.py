@@ -30,7 +30,6 @@ import warnings
 from dataclasses import dataclass
 
 import cv2
-import torch  # MUTATION
 import numpy as np
 
 _LOG = logging.getLogger(__name__)

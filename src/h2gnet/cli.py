@@ -262,6 +262,31 @@ def _add_stage2(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_segment)
 
 
+# -- evaluation ----------------------------------------------------------------------------
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from h2gnet.evaluation.predictions import evaluate_predictions, write_evaluation
+    from h2gnet.evaluation.report import print_table
+    from h2gnet.manifest import read_manifest, select
+
+    entries = select(read_manifest(args.manifest), None if args.split == "all" else args.split)
+    rows = evaluate_predictions(entries, args.predictions, args.mpp, args.design, progress=not args.quiet)
+    summaries = write_evaluation(args.output, rows, args.mpp)
+    print_table(summaries)
+    print(f"\nper-slide CSV, Markdown and JSON summaries in {args.output} (at {args.mpp} µm/px)")
+    return 0
+
+
+def _add_evaluation(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="per-slide recall/precision/Dice of predicted masks against annotations")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--predictions", type=Path, required=True, help="folder of NAME.mask.tiff from `segment`")
+    p.add_argument("-o", "--output", type=Path, required=True, help="folder for slides.csv, summary.md/json")
+    p.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
+    p.add_argument("--mpp", type=float, default=8.0, help="common resolution in µm/px (default 8)")
+    p.add_argument("--design", default=None, help="name of the design in the tables")
+    p.set_defaults(func=_cmd_evaluate)
+
+
 # -- parser ----------------------------------------------------------------------------
 def _add_foundation(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="generate a phantom H&E cohort (slides, annotations, manifest)")
@@ -299,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_foundation(sub)
     _add_stage1(sub)
     _add_stage2(sub)
+    _add_evaluation(sub)
     return parser
 
 

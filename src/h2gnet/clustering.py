@@ -36,6 +36,8 @@ METADATA_FILE = "clustering.json"
 FORMAT_NAME = "h2gnet-clustering"
 FORMAT_VERSION = 1
 EXTRACTOR_NAME = "vgg16-features-gap512"
+RECORDED = "recorded"  # load_image_cluster_assigner: use the weights recorded with the clustering
+RANDOM_PREFIX = "random(seed="  # weights_source of a randomly initialised extractor: "random(seed=N)"
 
 # torchvision's VGG16 "D" configuration: conv widths, "M" = 2x2 max-pool.  Written out
 # here (same module indices as torchvision's ``vgg16().features``, so its state dicts
@@ -74,7 +76,7 @@ class VGG16Features(nn.Module):
 
     Input is float32 RGB in [0, 1]; ImageNet mean/std normalisation is done
     inside.  ``weights_source`` records where the weights came from
-    ("imagenet", "random" or a file path) and is saved with the clustering.
+    ("imagenet", "random(seed=N)" or a file path) and is saved with the clustering.
     The module is frozen (no gradients, always in eval mode).
     """
 
@@ -85,7 +87,7 @@ class VGG16Features(nn.Module):
         self.features = _vgg16_conv_stack()
         self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self.weights_source = "random"
+        self.weights_source = f"{RANDOM_PREFIX}unknown)"  # set by vgg16_features
         self.requires_grad_(False)
         self.eval()
 
@@ -110,8 +112,9 @@ def _load_features_state(module: VGG16Features, state: dict[str, Tensor], source
     try:
         module.features.load_state_dict(features, strict=True)
     except RuntimeError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise H2GNetError(source, f"weights do not fit VGG16 features ({first_line})") from None
+        lines = [line.strip() for line in str(exc).strip().splitlines()[1:] if line.strip()]
+        detail = (lines[0] if lines else str(exc).strip() or type(exc).__name__)[:200]
+        raise H2GNetError(source, f"weights do not fit VGG16 features ({detail})") from None
 
 
 def _warn_random(reason: str) -> None:
@@ -123,7 +126,16 @@ def _warn_random(reason: str) -> None:
     )
 
 
-def vgg16_features(weights: str | Path | None) -> VGG16Features:
+def _seeded_vgg16(seed: int) -> VGG16Features:
+    """A randomly initialised extractor, identical for the same seed; the global torch RNG is untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = VGG16Features()
+    module.weights_source = f"{RANDOM_PREFIX}{seed})"
+    return module
+
+
+def vgg16_features(weights: str | Path | None, *, random_seed: int = 0) -> VGG16Features:
     """Build the frozen VGG16 feature extractor used for clustering.
 
     Args:
@@ -132,11 +144,14 @@ def vgg16_features(weights: str | Path | None) -> VGG16Features:
             ``VGG16_Weights.IMAGENET1K_V1`` (taken from the torch hub cache or
             downloaded; if that fails, warns and falls back to random); or a
             path to a saved state dict (torchvision ``vgg16`` or this module's).
+        random_seed: seed of the random initialisation.  Random weights are
+            recorded as ``"random(seed=N)"`` so the very same network can be
+            rebuilt when the clustering is used for training.
 
     Raises:
         H2GNetError: the weights file is missing, unreadable or does not fit.
     """
-    module = VGG16Features()
+    module = _seeded_vgg16(random_seed)
     if weights is None:
         _warn_random("weights=None")
         return module
@@ -181,7 +196,7 @@ class ClusterModel:
         variance: requested explained-variance share (0.95 in the paper).
         seed: k-means ``random_state``.
         extractor: name of the feature extractor the features came from.
-        weights: where its weights came from ("imagenet", "random", a path, or "unknown").
+        weights: where its weights came from ("imagenet", "random(seed=N)", a path, or "unknown").
     """
 
     scaler_mean: np.ndarray
@@ -508,6 +523,32 @@ class ImageClusterAssigner(nn.Module):
         return self.assigner(self.extractor(images))
 
 
-def load_image_cluster_assigner(directory: str | Path, weights: str | Path | None) -> ImageClusterAssigner:
-    """Convenience: :func:`load_clustering` + :func:`vgg16_features` + :class:`ImageClusterAssigner`."""
-    return ImageClusterAssigner(vgg16_features(weights), ClusterAssigner(load_clustering(directory)))
+def _recorded_weights(record: str) -> tuple[str | None, int]:
+    """(weights, random_seed) arguments of :func:`vgg16_features` that rebuild a recorded extractor."""
+    if record.startswith(RANDOM_PREFIX) and record.endswith(")"):
+        try:
+            return None, int(record[len(RANDOM_PREFIX):-1])
+        except ValueError:
+            pass
+    if record == "unknown":
+        return None, 0
+    return record, 0
+
+
+def load_image_cluster_assigner(
+    directory: str | Path, weights: str | Path | None = RECORDED
+) -> ImageClusterAssigner:
+    """Images → cluster ids from a saved clustering: :func:`load_clustering` + :func:`vgg16_features`.
+
+    By default (``weights=RECORDED``) the extractor is rebuilt from the source
+    recorded in ``clustering.json`` ("imagenet", a weights file, or the seed of
+    a random initialisation), so the features match those the clustering was
+    fitted on.  Pass ``weights`` explicitly to override (a mismatch warns).
+    """
+    model = load_clustering(directory)
+    if isinstance(weights, str) and weights == RECORDED:
+        chosen, seed = _recorded_weights(model.weights)
+        extractor = vgg16_features(chosen, random_seed=seed)
+    else:
+        extractor = vgg16_features(weights)
+    return ImageClusterAssigner(extractor, ClusterAssigner(model))

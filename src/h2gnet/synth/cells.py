@@ -61,21 +61,19 @@ def nearest_two(grid: CellGrid, x_um: np.ndarray, y_um: np.ndarray) -> tuple[np.
     ii = np.arange(i0, int(ci.max()) + 2)[None, :]
     jj = np.arange(j0, int(cj.max()) + 2)[:, None]
     tx, ty = grid.position(*np.broadcast_arrays(ii, jj))
-    d1 = np.full(x_um.shape, np.inf)
-    d2 = np.full(x_um.shape, np.inf)
-    bx = np.zeros(x_um.shape)
-    by = np.zeros(x_um.shape)
-    for di in (-1, 0, 1):
-        for dj in (-1, 0, 1):
-            px = tx[cj + dj - j0, ci + di - i0]
-            py = ty[cj + dj - j0, ci + di - i0]
-            d = np.hypot(x_um - px, y_um - py)
-            closer = d < d1
-            d2 = np.where(closer, d1, np.minimum(d2, d))
-            bx = np.where(closer, px, bx)
-            by = np.where(closer, py, by)
-            d1 = np.where(closer, d, d1)
-    return bx, by, d1, d2
+    rel_x = (x_um - ci * s).astype(np.float32)  # offsets from the point's grid cell corner keep float32 exact enough
+    rel_y = (y_um - cj * s).astype(np.float32)
+    cand_x = np.empty((9,) + x_um.shape, np.float32)
+    cand_y = np.empty((9,) + x_um.shape, np.float32)
+    for n, (di, dj) in enumerate((a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)):
+        cand_x[n] = tx[cj + dj - j0, ci + di - i0] - ci * s
+        cand_y[n] = ty[cj + dj - j0, ci + di - i0] - cj * s
+    dist2 = (cand_x - rel_x) ** 2 + (cand_y - rel_y) ** 2
+    nearest = np.argmin(dist2, axis=0)[None]
+    two = np.sqrt(np.partition(dist2, 1, axis=0)[:2])
+    bx = np.take_along_axis(cand_x, nearest, 0)[0] + ci * s
+    by = np.take_along_axis(cand_y, nearest, 0)[0] + cj * s
+    return bx, by, two[0].astype(np.float64), two[1].astype(np.float64)
 
 
 @dataclass

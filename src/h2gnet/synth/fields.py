@@ -71,41 +71,32 @@ def field_centres_um(shape: tuple[int, int], field_mpp: float) -> tuple[np.ndarr
     return xs, ys
 
 
-def _interp_matrix(coords_um: np.ndarray, field_mpp: float, n: int) -> tuple[np.ndarray, int]:
-    """Bilinear weights (len(coords), m) over field columns ``[first, first + m)``; returns (weights, first)."""
-    u = np.clip(np.asarray(coords_um, np.float64) / field_mpp - 0.5, 0.0, n - 1.0)
+def _axis(coord_um: np.ndarray, field_mpp: float, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear neighbours (i0, i1) and weight of i1 along one field axis; coordinates clamp at the edges."""
+    u = np.clip(np.asarray(coord_um, np.float64) / field_mpp - 0.5, 0.0, n - 1.0)
     i0 = np.minimum(np.floor(u).astype(np.int64), max(n - 2, 0))
-    t = u - i0
-    first = int(i0.min())
-    m = int(i0.max()) - first + (2 if n > 1 else 1)
-    wm = np.zeros((u.size, m), np.float32)
-    rows = np.arange(u.size)
-    wm[rows, i0 - first] = 1.0 - t
-    if n > 1:
-        wm[rows, i0 - first + 1] += t
-    return wm, first
+    return i0, np.minimum(i0 + 1, n - 1), u - i0
 
 
 def sample_field_grid(field: np.ndarray, field_mpp: float, xs_um: np.ndarray, ys_um: np.ndarray) -> np.ndarray:
-    """Bilinear samples of ``field`` at the grid ``ys_um x xs_um`` (1-D µm coordinates) -> (len(ys), len(xs))."""
-    wx, fx = _interp_matrix(xs_um, field_mpp, field.shape[1])
-    wy, fy = _interp_matrix(ys_um, field_mpp, field.shape[0])
-    block = field[fy : fy + wy.shape[1], fx : fx + wx.shape[1]].astype(np.float32)
-    return wy @ block @ wx.T
+    """Bilinear samples of ``field`` at the grid ``ys_um x xs_um`` (1-D µm coordinates) -> float32 (len(ys), len(xs))."""
+    h, w = field.shape
+    x0, x1, tx = _axis(xs_um, field_mpp, w)
+    y0, y1, ty = _axis(ys_um, field_mpp, h)
+    c0 = int(x0.min())
+    sub = field[:, c0 : int(x1.max()) + 1]
+    ty32 = ty.astype(np.float32)[:, None]
+    rows = sub[y0] * (1.0 - ty32) + sub[y1] * ty32
+    tx32 = tx.astype(np.float32)[None, :]
+    return rows[:, x0 - c0] * (1.0 - tx32) + rows[:, x1 - c0] * tx32
 
 
 def sample_field_points(field: np.ndarray, field_mpp: float, x_um: np.ndarray, y_um: np.ndarray) -> np.ndarray:
     """Bilinear samples of ``field`` at points (same interpolation as :func:`sample_field_grid`)."""
     h, w = field.shape
     x_um, y_um = np.broadcast_arrays(np.asarray(x_um, np.float64), np.asarray(y_um, np.float64))
-
-    def axis(coord: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        u = np.clip(coord / field_mpp - 0.5, 0.0, n - 1.0)
-        i0 = np.minimum(np.floor(u).astype(np.int64), max(n - 2, 0))
-        return i0, np.minimum(i0 + 1, n - 1), u - i0
-
-    x0, x1, tx = axis(x_um, w)
-    y0, y1, ty = axis(y_um, h)
+    x0, x1, tx = _axis(x_um, field_mpp, w)
+    y0, y1, ty = _axis(y_um, field_mpp, h)
     f = field.astype(np.float64)
     top = f[y0, x0] * (1 - tx) + f[y0, x1] * tx
     bottom = f[y1, x0] * (1 - tx) + f[y1, x1] * tx

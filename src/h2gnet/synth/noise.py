@@ -26,6 +26,7 @@ _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 _KEY_MULT = (np.uint64(0xD6E8FEB86659FD93), np.uint64(0xA0761D6478BD642F), np.uint64(0xE7037ED1A0B428DB))
 _CUBIC_A = -0.75  # OpenCV's bicubic kernel parameter
+_RESIZE_MAX_STEP = 16  # larger lattice steps are interpolated separably instead of by cv2.resize
 
 
 def _splitmix(z: np.ndarray) -> np.ndarray:
@@ -73,6 +74,8 @@ def noise_grid(seed: int, x0: int, y0: int, width: int, height: int, step: int) 
     for a pixel depends only on ``seed``, ``step`` and its global grid position.
     """
     step = max(1, int(step))
+    if step > _RESIZE_MAX_STEP:
+        return _noise_grid_separable(seed, x0, y0, width, height, step)
     j0 = x0 // step - 2
     i0 = y0 // step - 2
     nx = (x0 + width) // step - j0 + 3
@@ -84,6 +87,23 @@ def noise_grid(seed: int, x0: int, y0: int, width: int, height: int, step: int) 
         up = cv2.resize(lat, (nx * step, ny * step), interpolation=cv2.INTER_CUBIC)
     ox, oy = x0 - j0 * step, y0 - i0 * step
     return np.ascontiguousarray(up[oy : oy + height, ox : ox + width])
+
+
+def _axis_weights(first: int, n: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lattice indices (n, 4) and bicubic weights (n, 4) for grid pixels ``first .. first+n-1``."""
+    lat = (np.arange(first, first + n, dtype=np.float64) + 0.5) / step - 0.5
+    base = np.floor(lat)
+    return base.astype(np.int64)[:, None] + np.arange(-1, 3)[None, :], _cubic_weights(lat - base)
+
+
+def _noise_grid_separable(seed: int, x0: int, y0: int, width: int, height: int, step: int) -> np.ndarray:
+    """:func:`noise_grid` for large steps: interpolate rows then columns of a small lattice (no big upscale)."""
+    ix, wx = _axis_weights(x0, width, step)
+    iy, wy = _axis_weights(y0, height, step)
+    j0, i0 = int(ix.min()), int(iy.min())
+    lat = _lattice(seed, j0, i0, int(ix.max()) - j0 + 1, int(iy.max()) - i0 + 1)
+    rows = sum(wy[:, t, None].astype(np.float32) * lat[iy[:, t] - i0] for t in range(4))
+    return sum(wx[None, :, t].astype(np.float32) * rows[:, ix[:, t] - j0] for t in range(4)).astype(np.float32)
 
 
 def _cubic_weights(t: np.ndarray) -> np.ndarray:

@@ -418,5 +418,9 @@ def _tubules(rng, tumour: np.ndarray, nest: np.ndarray, field_mpp: float, style:
     inside = sample_field_points(tumour, field_mpp, xy[:, 0], xy[:, 1]) > ra + 10.0
     xy, ra = xy[inside], ra[inside]
     m = len(xy)
-    return _glands(TUBULE, xy, ra, ra * rng.uniform(0.55, 1.0, m), rng.uniform(0, math.pi, m),
-                   rng.uniform(0.30, 0.55, m) * (1.15 if style.grade == 1 else 1.0), rng)
+    rb = ra * rng.uniform(0.55, 1.0, m)
+    lumen = rng.uniform(0.30, 0.55, m) * (1.15 if style.grade == 1 else 1.0)
+    # the rim must hold a row of nuclei; too small a tubule becomes a solid ball of cells
+    lumen = np.minimum(lumen, 1.0 - 2.6 * style.nucleus_radius_um / rb)
+    lumen = np.where(lumen < 0.15, 0.0, lumen)
+    return _glands(TUBULE, xy, ra, rb, rng.uniform(0, math.pi, m), lumen, rng)

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from h2gnet.synth.cells import Nuclei
-from h2gnet.synth.noise import hash_uniform
+from h2gnet.synth.noise import hash_u64, hash_uniform
 from h2gnet.synth.spec import ACINUS, DUCT, TUBULE, VESSEL, Glands
 from h2gnet.synth.style import GradeStyle
 
@@ -171,5 +171,5 @@ def tumour_nuclei(style: GradeStyle, seed: int, key: np.ndarray, x: np.ndarray, 
     irregular = np.where(mitosis, 0.6, style.irregularity * (0.5 + u[7]))
     dark = np.where(mitosis, 1.0, np.clip(dark, 0, 1))
     a = np.where(mitosis, a * 0.85, a)
-    return Nuclei.build(x, y, a, a / aspect, ang, dark, irregular, vesicular, vesicular & (u[7] > 0.3),
-                        shape_seed=seed * 7919 + key)
+    shape_seed = (hash_u64(seed, key, 99) >> np.uint64(2)).astype(np.int64)
+    return Nuclei.build(x, y, a, a / aspect, ang, dark, irregular, vesicular, vesicular & (u[7] > 0.3), shape_seed)

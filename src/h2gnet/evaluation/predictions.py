@@ -1,0 +1,107 @@
+"""Compare a folder of predicted masks (from ``h2gnet segment``) with a manifest's annotations.
+
+Both are brought to one stated common resolution (µm/px): the ground truth is
+rasterised there from its polygons, the prediction (``NAME.mask.tiff``, any
+resolution) is resampled there (nearest neighbour when upsampling, area
+fraction ≥ 0.5 when downsampling).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from h2gnet.annotations import load_annotation
+from h2gnet.errors import H2GNetError
+from h2gnet.manifest import SlideEntry
+from h2gnet.raster import Raster
+from h2gnet.slides import open_slide
+
+#: Default common resolution of the evaluation, µm/px (the ×1.25 plane).
+EVAL_MPP = 8.0
+
+
+def load_mask_tiff(path: str | Path, slide_mpp: float) -> Raster:
+    """A mask written by :func:`h2gnet.outputs.mask_tiff.write_mask_tiff` (level 0, > 127 = tumour)."""
+    import tifffile
+
+    path = Path(path)
+    if not path.exists():
+        raise H2GNetError(path, "no such prediction mask")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            arr = page.asarray()
+            res = page.tags["XResolution"].value
+            unit = page.tags["ResolutionUnit"].value
+    except Exception as exc:  # tifffile raises many types for bad files
+        raise H2GNetError(path, f"cannot be read as a mask TIFF ({type(exc).__name__})") from None
+    per_cm = res[0] / res[1]
+    if int(unit) != 3 or per_cm <= 0:
+        raise H2GNetError(path, "has no resolution in pixels per centimetre: cannot place it on the slide")
+    if arr.ndim == 3:
+        arr = arr[..., 0]
+    return Raster(arr > 127, 1e4 / per_cm, slide_mpp)
+
+
+def evaluate_slide(entry: SlideEntry, predictions: str | Path, mpp: float = EVAL_MPP) -> dict:
+    """Per-slide recall, precision and Dice of ``predictions/NAME.mask.tiff`` at ``mpp`` µm/px."""
+    from h2gnet.evaluation.metrics import slide_metrics
+
+    if entry.annotation is None:
+        raise H2GNetError(entry.slide, "has no annotation to evaluate against")
+    with open_slide(entry.slide, entry.mpp) as slide:
+        truth = load_annotation(entry.annotation, slide.dimensions, slide.mpp, mpp,
+                                mask_downsample=entry.annotation_downsample)
+        pred = load_mask_tiff(Path(predictions) / f"{entry.key}.mask.tiff", slide.mpp)
+        pred = pred.to_mpp(mpp, slide.dimensions)
+    rows = min(pred.shape[0], truth.shape[0]), min(pred.shape[1], truth.shape[1])
+    m = slide_metrics(pred.array[: rows[0], : rows[1]], truth.array[: rows[0], : rows[1]])
+    return {"slide": entry.key, "grade": entry.grade if entry.grade is not None else "", **m}
+
+
+def evaluate_predictions(entries: list[SlideEntry], predictions: str | Path, mpp: float = EVAL_MPP,
+                         design: str | None = None, progress: bool = True) -> list[dict]:
+    """Rows for every annotated entry; missing predictions are listed in one error."""
+    from tqdm.auto import tqdm
+
+    chosen = [e for e in entries if e.annotation is not None]
+    if not chosen:
+        raise H2GNetError(None, "no annotated slides to evaluate")
+    missing = [e.key for e in chosen if not (Path(predictions) / f"{e.key}.mask.tiff").exists()]
+    if missing:
+        raise H2GNetError(predictions, f"no prediction for {len(missing)} slide(s): {', '.join(missing[:5])}")
+    rows = []
+    for e in tqdm(chosen, desc="evaluate", unit="slide", disable=not progress):
+        row = evaluate_slide(e, predictions, mpp)
+        if design is not None:
+            row = {"design": design, **row}
+        rows.append(row)
+    return rows
+
+
+def write_evaluation(out_dir: str | Path, rows: list[dict], mpp: float) -> dict:
+    """slides.csv, summary.md, summary.json (and Tukey tables when several designs) in ``out_dir``."""
+    from h2gnet.evaluation.metrics import summarise_designs, values_by_design
+    from h2gnet.evaluation.report import write_slides_csv, write_summary_json, write_summary_markdown
+    from h2gnet.evaluation.stats import tukey_table, write_tukey_csv, write_tukey_markdown
+
+    out = Path(out_dir)
+    rows = [r if "design" in r else {"design": "prediction", **r} for r in rows]
+    summaries = summarise_designs(rows, by="grade")
+    write_slides_csv(out / "slides.csv", rows)
+    write_summary_markdown(out / "summary.md", summaries)
+    write_summary_json(out / "summary.json", summaries, extra={"mpp": mpp, "convention": "threshold 0.5; see "
+                       "h2gnet.evaluation.metrics for empty-set rules"})
+    dice = values_by_design(rows)
+    if len(dice) >= 2 and all(np.isfinite(v).sum() >= 2 for v in dice.values()):
+        designs, p = tukey_table(dice)
+        write_tukey_markdown(out / "tukey.md", designs, p)
+        write_tukey_csv(out / "tukey.csv", designs, p)
+    return summaries
+
+
+def read_summary(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
