@@ -39,7 +39,10 @@ def one_thread():
 def batches(channels: int, size: int, seed: int = 0, n: int = 3, batch: int = 4) -> list[torch.Tensor]:
     """[0, 1] batches with varied brightness per sample."""
     g = torch.Generator().manual_seed(seed)
-    return [torch.rand(batch, channels, size, size, generator=g) * torch.rand(batch, 1, 1, 1, generator=g) for _ in range(n)]
+    return [
+        torch.rand(batch, channels, size, size, generator=g) * torch.rand(batch, 1, 1, 1, generator=g)
+        for _ in range(n)
+    ]
 
 
 def classifier(arch: str, size: int) -> torch.nn.Module:
@@ -111,7 +114,9 @@ def test_classifier_export_uses_opset_17_or_later(tmp_path: Path) -> None:
     opsets = {entry.domain: entry.version for entry in onnx.load(str(path)).opset_import}
     assert opsets.get("", opsets.get("ai.onnx")) >= 17
     with pytest.raises(ValueError, match="opset must be >= 17"):
-        export.export_classifier_onnx(classifier("mobilenetv2", 64), tmp_path / "old.onnx", input_size=64, opset=13)
+        export.export_classifier_onnx(
+            classifier("mobilenetv2", 64), tmp_path / "old.onnx", input_size=64, opset=13
+        )
 
 
 @pytest.mark.parametrize("arch", ARCHS)

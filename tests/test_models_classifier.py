@@ -42,7 +42,10 @@ def build(arch: str = "mobilenetv2", **kwargs) -> clf.PatchClassifier:
 def varied_batches(size: int, n_batches: int = 3, batch: int = 6, seed: int = 1) -> list[torch.Tensor]:
     """Random [0, 1] RGB batches with varied brightness, so patches differ in their statistics."""
     g = torch.Generator().manual_seed(seed)
-    return [torch.rand(batch, 3, size, size, generator=g) * torch.rand(batch, 1, 1, 1, generator=g) for _ in range(n_batches)]
+    return [
+        torch.rand(batch, 3, size, size, generator=g) * torch.rand(batch, 1, 1, 1, generator=g)
+        for _ in range(n_batches)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +187,8 @@ def test_inceptionv3_imagenet_state_dict_with_aux_and_fc_loads(monkeypatch: pyte
     assert any(k.startswith("AuxLogits.") for k in state)
     monkeypatch.setattr(clf, "download_imagenet_state_dict", lambda arch: state)
     model = clf.build_classifier("inceptionv3", weights="ImageNet")
-    torch.testing.assert_close(model.backbone.Mixed_7c.branch1x1.conv.weight, state["Mixed_7c.branch1x1.conv.weight"])
+    loaded = model.backbone.Mixed_7c.branch1x1.conv.weight
+    torch.testing.assert_close(loaded, state["Mixed_7c.branch1x1.conv.weight"])
 
 
 def test_failed_download_falls_back_to_random_init_with_warning(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -192,7 +196,8 @@ def test_failed_download_falls_back_to_random_init_with_warning(monkeypatch: pyt
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(clf, "download_imagenet_state_dict", offline)
-    with pytest.warns(UserWarning, match=r"mobilenetv2: no ImageNet weights loaded \(download failed: URLError"):
+    expected = r"mobilenetv2: no ImageNet weights loaded \(download failed: URLError"
+    with pytest.warns(UserWarning, match=expected):
         model = clf.build_classifier("mobilenetv2", weights="imagenet")
     assert model.eval()(torch.rand(1, 3, 64, 64)).shape == (1, 2)
 

@@ -84,7 +84,9 @@ def test_output_is_logits_at_input_resolution(arch: str) -> None:
     assert not torch.allclose(out.sum(dim=1), torch.ones(2, 64, 64), atol=1e-3)  # logits, not probabilities
 
 
-@pytest.mark.parametrize(("arch", "n_outputs"), [("unet", 1), ("unet-lr", 1), ("agunet", 3), ("dagunet", 3), ("doubleunet", 2)])
+@pytest.mark.parametrize(
+    ("arch", "n_outputs"), [("unet", 1), ("unet-lr", 1), ("agunet", 3), ("dagunet", 3), ("doubleunet", 2)]
+)
 def test_return_aux_lists_final_output_first(arch: str, n_outputs: int) -> None:
     model = small(arch).eval()
     x = example(model)
@@ -129,7 +131,7 @@ def test_unet_lr_takes_the_image_only() -> None:
     model = ref.build_refiner("unet-lr")
     assert model.in_channels == 3 and model.arch == "unet-lr"
     assert model.encoder[0][0].in_channels == 3
-    with pytest.raises(ValueError, match="in_channels must be 3"):
+    with pytest.raises(ValueError, match="in_channels must be 3, not 4"):
         ref.build_refiner("unet-lr", in_channels=4)
 
 

@@ -154,7 +154,8 @@ def _add_stage1(sub: argparse._SubParsersAction) -> None:
 def _segment_config(args: argparse.Namespace, refine: Path | None):
     from h2gnet.segment import SegmentConfig
 
-    return SegmentConfig(patch_model=args.patch_model, refine_model=refine, device=args.device,
+    return SegmentConfig(patch_model=args.patch_model, refine_model=refine,
+                         heatmap_dir=getattr(args, "heatmaps", None), device=args.device,
                          threads=args.threads, batch_size=args.batch_size, readers=args.readers,
                          progress=not args.quiet)
 
@@ -208,6 +209,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     if args.no_refine == (args.refine_model is not None):
         raise H2GNetError(None, "give either --refine-model R.onnx or --no-refine (the patch-wise result)")
+    if args.no_refine and args.patch_model is None:
+        raise H2GNetError(None, "--no-refine needs --patch-model")
     cfg = _segment_config(args, args.refine_model)
     status = segment_many(args.inputs, args.output, cfg, mpp=args.mpp, overwrite=args.overwrite)
     rows = [{"slide": Path(k).name, **{c: v[c] for c in ("status", "seconds", "error")}} for k, v in status.items()]
@@ -218,8 +221,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _add_inference_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--patch-model", type=Path, required=True, help="patch classifier (.onnx, from train-patch)")
+def _add_inference_options(p: argparse.ArgumentParser, patch_required: bool = True) -> None:
+    p.add_argument("--patch-model", type=Path, required=patch_required,
+                   help="patch classifier (.onnx, from train-patch)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "tensorrt", "openvino", "auto"),
                    help="ONNX Runtime execution provider (default cpu)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
@@ -258,7 +262,8 @@ def _add_stage2(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--refine-model", type=Path, default=None, help="refinement network (.onnx)")
     p.add_argument("--no-refine", action="store_true", help="patch-wise result: heatmap > 0.5")
     p.add_argument("--mpp", type=float, default=None, help="level-0 µm/px for slides without it")
-    _add_inference_options(p)
+    p.add_argument("--heatmaps", type=Path, default=None, help="reuse stage-1 heatmaps from this folder")
+    _add_inference_options(p, patch_required=False)
     p.set_defaults(func=_cmd_segment)
 
 

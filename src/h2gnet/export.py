@@ -138,7 +138,9 @@ def export_classifier_onnx(
     with _eval_mode(model), torch.no_grad():
         n_outputs = int(model(example).shape[1])
     if n_outputs != len(classes):
-        raise ValueError(f"the model has {n_outputs} outputs but {len(classes)} class names were given: {list(classes)}")
+        raise ValueError(
+            f"the model has {n_outputs} outputs but {len(classes)} class names were given: {list(classes)}"
+        )
     metadata = {
         "h2gnet_kind": "patch-classifier",
         "input_size": str(input_size),

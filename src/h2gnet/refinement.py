@@ -66,9 +66,14 @@ def probability_to_raster(prob: np.ndarray, low: LowRes) -> Raster:
     return Raster(back, low.mpp, low.slide_mpp)
 
 
-def refine(model: OnnxModel, low: LowRes, heatmap: Raster) -> Raster:
-    """Tumour probability (float32 Raster on the low-resolution grid) from the refinement network."""
+def refine(model: OnnxModel, low: LowRes, heatmap: Raster | None) -> Raster:
+    """Tumour probability (float32 Raster on the low-resolution grid) from the refinement network.
+
+    ``heatmap`` is ignored by 3-channel networks (UNet-LR) and required by 4-channel ones.
+    """
     size = model.input_size or REFINE_SIZE
+    if model.in_channels == 4 and heatmap is None:
+        raise ValueError("this refinement network needs the stage-1 heatmap")
     x = network_input(low, heatmap if model.in_channels == 4 else None, size)
     probs = model(x[None])[0]
     return probability_to_raster(probs[1], low)

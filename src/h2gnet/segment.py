@@ -30,7 +30,7 @@ import numpy as np
 from h2gnet import __version__
 from h2gnet.atomic import write_text
 from h2gnet.errors import H2GNetError
-from h2gnet.heatmap import HEATMAP_SUFFIX, HeatmapStats, compute_heatmap, save_heatmap
+from h2gnet.heatmap import HEATMAP_SUFFIX, HeatmapStats, compute_heatmap, load_heatmap, save_heatmap
 from h2gnet.inference import OnnxModel, default_threads
 from h2gnet.patches import MIN_TISSUE
 from h2gnet.raster import Raster
@@ -44,10 +44,16 @@ OVERLAY_MAX_SIDE = 2048
 
 @dataclass
 class SegmentConfig:
-    """Inference settings. ``refine_model`` None means the patch-wise result (heatmap > 0.5)."""
+    """Inference settings.
 
-    patch_model: Path
+    ``refine_model`` None gives the patch-wise result (heatmap > 0.5); a 3-channel
+    refiner (UNet-LR) needs no ``patch_model``. ``heatmap_dir``: reuse stage-1
+    heatmaps found there (``NAME.heatmap.tiff``) instead of recomputing them.
+    """
+
+    patch_model: Path | None
     refine_model: Path | None = None
+    heatmap_dir: Path | None = None
     device: str = "cpu"
     threads: int | None = None
     batch_size: int = 32
@@ -61,19 +67,23 @@ class SegmentConfig:
 class Models:
     """Loaded ONNX models (load once, segment many slides)."""
 
-    patch: OnnxModel
+    patch: OnnxModel | None
     refine: OnnxModel | None
 
     @classmethod
     def load(cls, cfg: SegmentConfig) -> Models:
         threads = cfg.threads or default_threads()
-        patch = OnnxModel(Path(cfg.patch_model), "patch-classifier", cfg.device, threads)
+        patch = None
+        if cfg.patch_model is not None:
+            patch = OnnxModel(Path(cfg.patch_model), "patch-classifier", cfg.device, threads)
         ref = None
         if cfg.refine_model is not None:
             ref = OnnxModel(Path(cfg.refine_model), "refiner", cfg.device, threads)
             if ref.in_channels not in (3, 4):
                 raise H2GNetError(ref.path, f"takes {ref.in_channels} channels; a refiner takes 4 (RGB + heatmap) "
                                             "or 3 (UNet-LR)")
+        if patch is None and (ref is None or ref.in_channels != 3):
+            raise H2GNetError(None, "a patch model is needed (only a 3-channel UNet-LR refiner works without one)")
         return cls(patch, ref)
 
 
@@ -117,9 +127,15 @@ def segment_slide(slide: Slide | str | Path, out_dir: str | Path, models: Models
     tissue = detect_tissue(slide)
     timings["tissue"] = time.perf_counter() - t
     stats = HeatmapStats()
-    heat = compute_heatmap(slide, models.patch, tissue, cfg.min_tissue, cfg.batch_size, cfg.readers,
-                           cfg.progress, stats)
-    timings.update({k: v for k, v in stats.seconds.items()})
+    heat = None
+    if models.patch is not None:
+        cached = Path(cfg.heatmap_dir) / f"{slide.name}{HEATMAP_SUFFIX}" if cfg.heatmap_dir else None
+        if cached is not None and cached.exists():
+            heat, _ = load_heatmap(cached)
+        else:
+            heat = compute_heatmap(slide, models.patch, tissue, cfg.min_tissue, cfg.batch_size, cfg.readers,
+                                   cfg.progress, stats)
+        timings.update(stats.seconds)
     t = time.perf_counter()
     size = (models.refine.input_size or REFINE_SIZE) if models.refine else REFINE_SIZE
     low = low_resolution(slide, size)
@@ -127,20 +143,24 @@ def segment_slide(slide: Slide | str | Path, out_dir: str | Path, models: Models
         prob = refine(models.refine, low, heat)
         mask = Raster(prob.array > cfg.threshold, prob.mpp, prob.slide_mpp)
     else:
+        assert heat is not None
         mask = Raster(heat.array > cfg.threshold, heat.mpp, heat.slide_mpp)
     timings["refinement"] = time.perf_counter() - t
     t = time.perf_counter()
     write_mask_tiff(paths["mask"], mask, slide.dimensions)
     write_geojson(paths["geojson"], mask_to_geojson(mask))
-    save_heatmap(paths["heatmap"], heat, slide.dimensions, str(slide.path))
+    if heat is not None:
+        save_heatmap(paths["heatmap"], heat, slide.dimensions, str(slide.path))
+    else:
+        del paths["heatmap"]
     write_png(paths["overlay"], render_overlay(_thumbnail(low.image), heat, mask))
     timings["write"] = time.perf_counter() - t
     summary = {
         "slide": str(slide.path), "name": slide.name, "h2gnet_version": __version__,
         "slide_mpp": slide.mpp, "dimensions_l0": list(slide.dimensions),
         "tumour_area_mm2": tissue_area_mm2(mask), "tissue_area_mm2": tissue_area_mm2(tissue),
-        "patches": stats.patches, "mask_mpp": mask.mpp, "heatmap_mpp": heat.mpp,
-        "design": "patch-wise + refinement" if models.refine else "patch-wise (no refinement)",
+        "patches": stats.patches, "mask_mpp": mask.mpp, "heatmap_mpp": heat.mpp if heat is not None else None,
+        "design": _design(models),
         "models": {name: {"path": str(m.path.resolve()), "sha256": m.sha256(), "arch": m.metadata.get("arch")}
                    for name, m in (("patch", models.patch), ("refine", models.refine)) if m is not None},
         "device": cfg.device, "seconds": {k: round(v, 3) for k, v in timings.items()},
@@ -149,6 +169,14 @@ def segment_slide(slide: Slide | str | Path, out_dir: str | Path, models: Models
     summary["seconds"]["total"] = round(sum(v for k, v in timings.items() if k != "inference"), 3)
     write_text(paths["summary"], json.dumps(summary, indent=2))
     return summary
+
+
+def _design(models: Models) -> str:
+    if models.refine is None:
+        return "patch-wise (heatmap > 0.5)"
+    if models.patch is None:
+        return "low-resolution network only (UNet-LR)"
+    return "patch-wise + refinement"
 
 
 # -- many slides --------------------------------------------------------------------------

@@ -13,7 +13,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 
-def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3, dilation: int = 1) -> nn.Sequential:
+def conv_bn_relu(
+    in_channels: int, out_channels: int, kernel_size: int = 3, dilation: int = 1
+) -> nn.Sequential:
     """Convolution ("same" padding, no bias) -> BatchNorm -> ReLU."""
     padding = dilation * (kernel_size // 2)
     return nn.Sequential(
@@ -59,6 +61,11 @@ class SqueezeExcite(nn.Module):
         return x * weights
 
 
+def _conv1x1_bn(in_channels: int, out_channels: int) -> nn.Sequential:
+    """1x1 convolution (no bias) -> BatchNorm."""
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+
+
 class AttentionGate(nn.Module):
     """Additive attention gate on a skip connection (Oktay et al. 2018).
 
@@ -72,9 +79,9 @@ class AttentionGate(nn.Module):
     def __init__(self, gate_channels: int, skip_channels: int, inter_channels: int) -> None:
         super().__init__()
         inter_channels = max(1, inter_channels)
-        self.project_gate = nn.Sequential(nn.Conv2d(gate_channels, inter_channels, 1, bias=False), nn.BatchNorm2d(inter_channels))
-        self.project_skip = nn.Sequential(nn.Conv2d(skip_channels, inter_channels, 1, bias=False), nn.BatchNorm2d(inter_channels))
-        self.psi = nn.Sequential(nn.Conv2d(inter_channels, 1, 1, bias=False), nn.BatchNorm2d(1))
+        self.project_gate = _conv1x1_bn(gate_channels, inter_channels)
+        self.project_skip = _conv1x1_bn(skip_channels, inter_channels)
+        self.psi = _conv1x1_bn(inter_channels, 1)
 
     def attention_map(self, gate: Tensor, skip: Tensor) -> Tensor:
         """The (N, 1, H, W) weights in (0, 1) that the gate applies to ``skip``."""
@@ -173,14 +180,19 @@ class ASPP(nn.Module):
     works (BatchNorm over a single value per channel is undefined).
     """
 
-    def __init__(self, in_channels: int, filters: int, dilations: tuple[int, ...] = (6, 12, 18), dropout: float = 0.1) -> None:
+    def __init__(
+        self, in_channels: int, filters: int, dilations: tuple[int, ...] = (6, 12, 18), dropout: float = 0.1
+    ) -> None:
         super().__init__()
         self.pool_conv = nn.Conv2d(in_channels, filters, 1)
         self.branches = nn.ModuleList(
             [conv_bn_relu(in_channels, filters, kernel_size=1)]
             + [conv_bn_relu(in_channels, filters, kernel_size=3, dilation=rate) for rate in dilations]
         )
-        self.project = nn.Sequential(conv_bn_relu(filters * (len(dilations) + 2), filters, kernel_size=1), nn.Dropout2d(dropout))
+        n_branches = len(dilations) + 2
+        self.project = nn.Sequential(
+            conv_bn_relu(filters * n_branches, filters, kernel_size=1), nn.Dropout2d(dropout)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         """Multi-rate context features with ``filters`` channels, same H and W as ``x``."""

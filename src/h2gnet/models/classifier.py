@@ -51,7 +51,9 @@ class PatchClassifier(nn.Module):
     ``backbone`` (the torchvision feature extractor) and ``head``.
     """
 
-    def __init__(self, arch: str, backbone: nn.Module, n_features: int, n_classes: int, dropout: float) -> None:
+    def __init__(
+        self, arch: str, backbone: nn.Module, n_features: int, n_classes: int, dropout: float
+    ) -> None:
         super().__init__()
         self.arch = arch
         self.n_classes = n_classes
@@ -164,7 +166,8 @@ def _read_state_dict_file(path: Path) -> Mapping[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types for a bad file
-        raise H2GNetError(path, f"cannot read weights as a PyTorch state dict ({type(exc).__name__}: {exc})") from None
+        problem = f"cannot read weights as a PyTorch state dict ({type(exc).__name__}: {exc})"
+        raise H2GNetError(path, problem) from None
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):

@@ -24,8 +24,9 @@ def batchnorm_statistics_count(model: nn.Module) -> int:
     """Number of BatchNorm running-statistic values (running mean + running variance)."""
     total = 0
     for module in model.modules():
-        if isinstance(module, _BatchNorm) and module.running_mean is not None and module.running_var is not None:
-            total += module.running_mean.numel() + module.running_var.numel()
+        if isinstance(module, _BatchNorm):
+            for statistic in (module.running_mean, module.running_var):
+                total += 0 if statistic is None else statistic.numel()
     return total
 
 

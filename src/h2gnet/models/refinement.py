@@ -48,7 +48,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from h2gnet.models.blocks import ASPP, AttentionGate, DoubleConv, DualAttention, SqueezeExcite, conv_bn_relu
+from h2gnet.models.blocks import ASPP, AttentionGate, DoubleConv, DualAttention, SqueezeExcite
 from h2gnet.models.common import keras_style_count, parameter_count
 
 ARCHS = ("unet", "agunet", "dagunet", "doubleunet", "unet-lr")
@@ -73,7 +73,9 @@ class Refiner(nn.Module):
     allowed size) and ``has_aux`` (whether ``return_aux`` yields auxiliary outputs).
     """
 
-    def __init__(self, arch: str, in_channels: int, n_classes: int, size_multiple: int, has_aux: bool) -> None:
+    def __init__(
+        self, arch: str, in_channels: int, n_classes: int, size_multiple: int, has_aux: bool
+    ) -> None:
         super().__init__()
         if in_channels < 1:
             raise ValueError(f"in_channels must be positive, got {in_channels}")
@@ -86,7 +88,7 @@ class Refiner(nn.Module):
         self.has_aux = has_aux
 
     def check_size(self, height: int, width: int) -> None:
-        """Raise ``ValueError`` unless ``height`` and ``width`` are positive multiples of ``size_multiple``."""
+        """Raise ``ValueError`` unless ``height`` and ``width`` are multiples of ``size_multiple``."""
         m = self.size_multiple
         if height < m or width < m or height % m or width % m:
             raise ValueError(
@@ -97,7 +99,9 @@ class Refiner(nn.Module):
     def check_input(self, x: Tensor) -> None:
         """Raise ``ValueError`` unless ``x`` is (N, in_channels, H, W) with a valid H, W."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"{self.arch}: expected an (N, {self.in_channels}, H, W) batch, got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"{self.arch}: expected an (N, {self.in_channels}, H, W) batch, got shape {tuple(x.shape)}"
+            )
         self.check_size(int(x.shape[-2]), int(x.shape[-1]))
 
     def _validate(self, x: Tensor) -> None:
@@ -187,7 +191,9 @@ class _MultiScaleEncoder(nn.Module):
             nn.Sequential(nn.Conv2d(in_channels, f, 3, padding=1), nn.ReLU(inplace=True)) for f in inner
         )
         self.first = DoubleConv(in_channels, filters[0])
-        self.blocks = nn.ModuleList(DoubleConv(filters[i] + filters[i + 1], filters[i + 1]) for i in range(len(inner)))
+        self.blocks = nn.ModuleList(
+            DoubleConv(filters[i] + filters[i + 1], filters[i + 1]) for i in range(len(inner))
+        )
         self.bottom = DoubleConv(filters[-2], filters[-1])
 
     def forward(self, x: Tensor) -> list[Tensor]:
@@ -209,10 +215,14 @@ class _UpBlock(nn.Module):
     DoubleConv with spatial dropout follows.
     """
 
-    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, gated: bool, dropout: float) -> None:
+    def __init__(
+        self, in_channels: int, skip_channels: int, out_channels: int, gated: bool, dropout: float
+    ) -> None:
         super().__init__()
         self.up = nn.Sequential(
-            nn.ConvTranspose2d(in_channels, out_channels, 3, stride=2, padding=1, output_padding=1, bias=False),
+            nn.ConvTranspose2d(
+                in_channels, out_channels, 3, stride=2, padding=1, output_padding=1, bias=False
+            ),
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         )
@@ -288,7 +298,9 @@ class _SEUNet(nn.Module):
     of this encoder and of ``extra_skips`` (network 1's, for network 2), SE block.
     """
 
-    def __init__(self, in_channels: int, filters: tuple[int, ...], aspp_filters: int, extra_skips: bool, dropout: float) -> None:
+    def __init__(
+        self, in_channels: int, filters: tuple[int, ...], aspp_filters: int, extra_skips: bool, dropout: float
+    ) -> None:
         super().__init__()
         self.encoder = nn.ModuleList()
         channels = in_channels
@@ -388,13 +400,15 @@ def build_refiner(
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     if arch == "unet-lr":
         if in_channels not in (None, 3):
-            raise ValueError(f"unet-lr segments the RGB image alone: in_channels must be 3, got {in_channels}")
+            raise ValueError(f"unet-lr takes the RGB image alone: in_channels must be 3, not {in_channels}")
         return UNet(3, n_classes, filters or UNET_FILTERS, dropout, arch="unet-lr")
     channels = 4 if in_channels is None else in_channels
     if arch == "unet":
         return UNet(channels, n_classes, filters or UNET_FILTERS, dropout)
     if arch in ("agunet", "dagunet"):
-        return AttentionUNet(channels, n_classes, filters or EIGHT_LEVEL_FILTERS, dropout, dual_attention=arch == "dagunet")
+        dual = arch == "dagunet"
+        filters = filters or EIGHT_LEVEL_FILTERS
+        return AttentionUNet(channels, n_classes, filters, dropout, dual_attention=dual)
     return DoubleUNet(channels, n_classes, filters or EIGHT_LEVEL_FILTERS, aspp_filters, dropout)
 
 

@@ -87,7 +87,7 @@ def _cluster_assigner(cfg: PatchTrainConfig):
 
     meta_path = Path(cfg.clusters) / CLUSTER_META
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    return load_image_cluster_assigner(cfg.clusters, meta.get("weights")), meta.get("input_size")
+    return load_image_cluster_assigner(cfg.clusters), meta.get("input_size")
 
 
 def _seed(seed: int, epoch: int) -> int:
