@@ -281,7 +281,40 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ablation(args: argparse.Namespace) -> int:
+    from h2gnet.ablation import load_config, run_study
+
+    config = load_config(args.config, "ablation-cpu")
+    return _report_study(run_study(config, args.output, progress=not args.quiet), args.output)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from h2gnet.ablation import load_config, run_study
+
+    config = load_config(args.config, "demo")
+    return _report_study(run_study(config, args.output, progress=not args.quiet), args.output)
+
+
+def _report_study(result: dict, out: Path) -> int:
+    results = Path(out) / "results"
+    print()
+    print((results / "table1.md").read_text())
+    print(f"wall time {result['timings'].get('total', float('nan')):.0f} s; report: {results / 'report.html'}")
+    return 0
+
+
 def _add_evaluation(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ablation", help="the paper's ablation study (designs I–IX) on a cohort, resumable")
+    p.add_argument("-o", "--output", type=Path, required=True, help="study folder")
+    p.add_argument("--config", type=Path, default=None,
+                   help="TOML config (default: the built-in CPU config; see configs/ablation-paper.toml)")
+    p.set_defaults(func=_cmd_ablation)
+
+    p = sub.add_parser("demo", help="phantom cohort → training → segmentation → evaluation → HTML report")
+    p.add_argument("output", type=Path, help="demo folder (run again to reuse what is done)")
+    p.add_argument("--config", type=Path, default=None, help="TOML config (default: the built-in demo config)")
+    p.set_defaults(func=_cmd_demo)
+
     p = sub.add_parser("evaluate", help="per-slide recall/precision/Dice of predicted masks against annotations")
     p.add_argument("manifest", type=Path)
     p.add_argument("--predictions", type=Path, required=True, help="folder of NAME.mask.tiff from `segment`")

@@ -150,12 +150,12 @@ def backbone_state_dict(arch: str, state: Mapping[str, Tensor]) -> dict[str, Ten
     return result
 
 
-def _random_init_warning(arch: str, reason: str) -> None:
-    """Warn that ``arch`` is randomly initialised, and why."""
+def _random_init_warning(arch: str, reason: str, stacklevel: int = 3) -> None:
+    """Warn that ``arch`` is randomly initialised, and why (attributed to ``build_classifier``'s caller)."""
     warnings.warn(
         f"{arch}: no ImageNet weights loaded ({reason}); using random initialisation",
         UserWarning,
-        stacklevel=3,
+        stacklevel=stacklevel,
     )
 
 
@@ -209,7 +209,7 @@ def _load_imagenet(model: PatchClassifier, fetch: Callable[[str], Mapping[str, T
     try:
         state = fetch(model.arch)
     except Exception as exc:  # noqa: BLE001 - offline machines fail in many ways (URLError, OSError, ...)
-        _random_init_warning(model.arch, f"download failed: {type(exc).__name__}: {exc}")
+        _random_init_warning(model.arch, f"download failed: {type(exc).__name__}: {exc}", stacklevel=4)
         return
     load_backbone_weights(model, state, source=f"torchvision ImageNet weights for {model.arch}")
 

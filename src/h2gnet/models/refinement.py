@@ -22,20 +22,31 @@ Architectures (defaults are the paper's filters; tests pass smaller ones):
   encoder blocks ((Conv3x3-BN-ReLU) x 2 -> MaxPool), a 512-filter bottom block,
   a symmetric decoder (nearest x2 upsampling, concatenated skip,
   (Conv3x3-BN-ReLU) x 2) and a 1x1 convolution to ``n_classes``.  With a
-  1024 x 1024 input the bottom is 4 x 4.
+  1024 x 1024 input the bottom is 4 x 4; sides must be multiples of 256.
 * ``unet-lr``: the same U-Net on the RGB image alone (``in_channels = 3``).
-* ``agunet`` (Bouget et al. 2021): eight levels {8, ..., 256} (no 512);
-  multi-scale input (average-pooled input, Conv3x3-ReLU, concatenated at each
-  encoder level), transposed-convolution upsampling, additive attention gates
-  on the skip connections, deep supervision.
+* ``agunet`` (Bouget et al. 2021): eight levels {8, ..., 256} (no 512, seven
+  poolings, sides multiples of 128); multi-scale input (the input
+  average-pooled to each intermediate level, Conv3x3-ReLU, concatenated
+  before that level's block), transposed-convolution upsampling, additive
+  attention gates (Oktay et al.) on the skips, deep supervision.
 * ``dagunet``: as ``agunet`` but with plain (ungated) skips and a DANet dual
-  attention head (position + channel self-attention) at the bottom.
-* ``doubleunet`` (Jha et al. 2020): two stacked U-Nets of eight pooled levels
-  {8, ..., 256} with squeeze-and-excitation in every block and ASPP at the
-  bottom; network 2 sees the input multiplied by network 1's foreground
-  probability (1 - P(class 0)) and its decoder concatenates the skips of both
-  encoders.  Both encoders are trained from scratch (the original's VGG19
-  encoder is replaced by network 2's block design, as in H2G-Net).
+  attention head (position + channel self-attention) on the bottom
+  features, as in the authors' code.
+* ``doubleunet`` (Jha et al. 2020): two stacked U-Nets, each eight pooled
+  levels {8, ..., 256} (sides multiples of 256) of (Conv3x3-BN-ReLU) x 2 +
+  squeeze-and-excitation, with ASPP (32 filters, see
+  ``DOUBLEUNET_ASPP_FILTERS``) as the bottom and bilinear upsampling.
+  Network 2 sees the input multiplied by network 1's foreground probability
+  (1 - P(class 0), the tumour probability for two classes) and its decoder
+  concatenates the skips of both encoders.  Both are trained from scratch:
+  the original's ImageNet VGG19 encoder in network 1 is replaced by the same
+  block design as network 2, as in H2G-Net.
+
+Every convolution that feeds a BatchNorm has no bias (Keras keeps one);
+BatchNorm is plain BatchNorm (the authors used batch renormalisation for
+some models).  Spatial dropout (default 0.1, from the authors' code; the
+paper does not mention it) follows each decoder convolution, and also each
+DoubleU-Net encoder convolution and the DAGU-Net attention head.
 
 Run ``python -m h2gnet.models.refinement`` for the parameter-count table.
 """
@@ -56,7 +67,7 @@ UNET_FILTERS = (8, 16, 32, 64, 128, 128, 256, 256, 512)
 EIGHT_LEVEL_FILTERS = UNET_FILTERS[:-1]
 # The paper's text says "42 atrous spatial pyramid pooling filters", but the
 # authors' training code uses 32, and only 32 reproduces the paper's 16.04M
-# parameter count (42 gives 16.24M), so 42 is taken to be a typo.
+# parameter count when counted as Keras does (42 gives 16.24M): 42 is taken to be a typo.
 DOUBLEUNET_ASPP_FILTERS = 32
 # Parameter counts reported in the paper (section 3.2): Keras "Total params".
 PAPER_PARAMETERS = {"unet": 11.58e6, "agunet": 7.68e6, "dagunet": 9.99e6, "doubleunet": 16.04e6}

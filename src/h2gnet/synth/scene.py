@@ -32,6 +32,7 @@ from h2gnet.synth.structures import GlandCanvases, draw_glands, inside_glands, l
 
 _MARGIN_PX = 8  # level-0 px rendered around a region (blur support, seamless borders)
 _FBM_STD = 0.32  # standard deviation of fbm_grid (3 octaves), used to normalise it
+_NOISE_STD = 0.49  # standard deviation of noise_grid
 _NUCLEUS_REACH_UM = 22.0  # largest distance from a nucleus centre to its outline
 _GRAIN_PERIOD = 256
 _WARP_UM = 40.0  # amplitude of the domain warp that makes collagen fibres wave, µm
@@ -160,16 +161,16 @@ class SceneRenderer:
         xs = (np.arange(cx0, cx0 + cw) + 0.5)[None, :] * self.cu
         ys = (np.arange(cy0, cy0 + ch) + 0.5)[:, None] * self.cu
         step = self._step(_WARP_SCALE_UM)
-        wx = fbm_grid(self.seeds.theta, cx0, cy0, cw, ch, step, 2)
-        wy = fbm_grid(self.seeds.theta + 1, cx0, cy0, cw, ch, step, 2)
-        return xs + (_WARP_UM / _FBM_STD) * wx, ys + (_WARP_UM / _FBM_STD) * wy
+        wx = noise_grid(self.seeds.theta, cx0, cy0, cw, ch, step)
+        wy = noise_grid(self.seeds.theta + 1, cx0, cy0, cw, ch, step)
+        return xs + (_WARP_UM / _NOISE_STD) * wx, ys + (_WARP_UM / _NOISE_STD) * wy
 
     def _warp_points(self, x_um: np.ndarray, y_um: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         gx, gy = self._to_coarse(x_um, y_um)
         step = self._step(_WARP_SCALE_UM)
-        wx = fbm_points(self.seeds.theta, gx, gy, step, 2)
-        wy = fbm_points(self.seeds.theta + 1, gx, gy, step, 2)
-        return x_um + (_WARP_UM / _FBM_STD) * wx, y_um + (_WARP_UM / _FBM_STD) * wy
+        wx = noise_points(self.seeds.theta, gx, gy, step)
+        wy = noise_points(self.seeds.theta + 1, gx, gy, step)
+        return x_um + (_WARP_UM / _NOISE_STD) * wx, y_um + (_WARP_UM / _NOISE_STD) * wy
 
     def _fibre_angles(self) -> tuple[float, float]:
         """The slide's two dominant collagen directions (radians)."""
@@ -187,14 +188,13 @@ class SceneRenderer:
         phi1, phi2 = self._fibre_angles()
         phi = np.where(blend < 0.5, phi1, phi2)
         d = 2.0
+        x0, y0 = self._warp_points(x_um, y_um)
         xa, ya = self._warp_points(x_um + d, y_um)
-        xb, yb = self._warp_points(x_um - d, y_um)
         xc, yc = self._warp_points(x_um, y_um + d)
-        xd, yd = self._warp_points(x_um, y_um - d)
         c, s = np.cos(phi), np.sin(phi)
         # gradient of the across-fibre coordinate q = -X sin(phi) + Y cos(phi); fibres run perpendicular to it
-        qx = (-(xa - xb) * s + (ya - yb) * c) / (2 * d)
-        qy = (-(xc - xd) * s + (yc - yd) * c) / (2 * d)
+        qx = (-(xa - x0) * s + (ya - y0) * c) / d
+        qy = (-(xc - x0) * s + (yc - y0) * c) / d
         return np.arctan2(qy, qx) + np.pi / 2
 
     def _stretched(self, seed: int, phi: float, along: float, across: float, wx: np.ndarray,
@@ -237,7 +237,7 @@ class SceneRenderer:
             return _Coarse(cx0, cy0, zeros, zeros, alpha, thickness, None, None, False, False)
         fib = self._fibres(cx0, cy0, cw, ch)
         e = _STROMA_E * (0.3 + 0.85 * fib)
-        hh = 0.06 + 0.03 * fib
+        hh = 0.025 + 0.02 * fib
         lob = sample_field_grid(spec.lobule, spec.field_mpp, xs, ys)
         e *= 1.0 - 0.45 * lob
         hh += 0.05 * lob
@@ -281,7 +281,7 @@ class SceneRenderer:
         r = _NUCLEUS_REACH_UM
         box = (x0_um - r, y0_um - r, x1_um + r, y1_um + r)
         spec, glands = self.spec, self.spec.glands
-        parts = [self._fibroblast_nuclei(box, gland_idx), self._lymphocyte_nuclei(box, gland_idx)]
+        parts = self._stroma_nuclei(box, gland_idx)
         parts.append(lining_nuclei(glands, gland_idx, spec.style))
         if has_tumour:
             x, y, i, j = self.tumour_cells.centres(*box)
@@ -303,14 +303,27 @@ class SceneRenderer:
             ok[ok] = ~inside_glands(self.spec.glands, gland_idx, x[ok], y[ok], 1.1)
         return ok
 
-    def _fibroblast_nuclei(self, box: tuple[float, ...], gland_idx: np.ndarray) -> Nuclei:
-        grid, spec = self.fibroblasts, self.spec
-        x, y, i, j = grid.centres(*box)
-        desmo = np.clip(sample_field_points(spec.tumour, spec.field_mpp, x, y) / 25.0 + 0.5, 0, 1)
-        lob = sample_field_points(spec.lobule, spec.field_mpp, x, y)
-        keep = grid.attribute(i, j, 2) < 0.2 + 0.3 * desmo + 0.25 * lob
-        keep[keep] = self._in_tissue_stroma(x[keep], y[keep], gland_idx)
-        x, y, i, j, desmo = x[keep], y[keep], i[keep], j[keep], desmo[keep]
+    def _stroma_nuclei(self, box: tuple[float, ...], gland_idx: np.ndarray) -> list[Nuclei]:
+        """Fibroblasts (along the collagen) and lymphocytes, only in stroma (not in fat cells, nests, glands)."""
+        spec = self.spec
+        fx, fy, fi, fj = self.fibroblasts.centres(*box)
+        desmo = np.clip(sample_field_points(spec.tumour, spec.field_mpp, fx, fy) / 25.0 + 0.5, 0, 1)
+        lob = sample_field_points(spec.lobule, spec.field_mpp, fx, fy)
+        fkeep = self.fibroblasts.attribute(fi, fj, 2) < 0.2 + 0.3 * desmo + 0.25 * lob
+        lx, ly, li, lj = self.lymphocytes.centres(*box)
+        lkeep = self.lymphocytes.attribute(li, lj, 2) < sample_field_points(spec.lymph, spec.field_mpp, lx, ly)
+        ok = self._in_tissue_stroma(np.concatenate([fx[fkeep], lx[lkeep]]), np.concatenate([fy[fkeep], ly[lkeep]]),
+                                    gland_idx)
+        n = int(fkeep.sum())
+        fkeep[fkeep] = ok[:n]
+        lkeep[lkeep] = ok[n:]
+        return [
+            self._fibroblasts(fx[fkeep], fy[fkeep], fi[fkeep], fj[fkeep], desmo[fkeep]),
+            self._lymphocytes(lx[lkeep], ly[lkeep], li[lkeep], lj[lkeep]),
+        ]
+
+    def _fibroblasts(self, x, y, i, j, desmo) -> Nuclei:
+        grid = self.fibroblasts
         u = [grid.attribute(i, j, c) for c in range(3, 7)]
         angle = self._theta_points(x, y) + 0.4 * (u[0] - 0.5)
         a = 3.5 + 3.0 * u[1]
@@ -318,13 +331,8 @@ class SceneRenderer:
         seed = (hash_u64(grid.seed, i, j) >> np.uint64(2)).astype(np.int64)
         return Nuclei.build(x, y, a, b, angle, 0.5 + 0.3 * u[3], 0.08, shape_seed=seed)
 
-    def _lymphocyte_nuclei(self, box: tuple[float, ...], gland_idx: np.ndarray) -> Nuclei:
-        grid, spec = self.lymphocytes, self.spec
-        x, y, i, j = grid.centres(*box)
-        density = sample_field_points(spec.lymph, spec.field_mpp, x, y)
-        keep = grid.attribute(i, j, 2) < density
-        keep[keep] = self._in_tissue_stroma(x[keep], y[keep], gland_idx)
-        x, y, i, j = x[keep], y[keep], i[keep], j[keep]
+    def _lymphocytes(self, x, y, i, j) -> Nuclei:
+        grid = self.lymphocytes
         u = [grid.attribute(i, j, c) for c in range(3, 6)]
         a = 2.7 + 0.8 * u[0]
         seed = (hash_u64(grid.seed, i, j) >> np.uint64(2)).astype(np.int64)
@@ -375,7 +383,7 @@ class SceneRenderer:
             edge = self._upsample(coarse.fat_edge, pw, ph)
             membrane = np.clip(1.0 - (edge - 0.45) / 0.8, 0.0, 1.0)
             e = e + flag * (_FAT_E + _MEMBRANE_E * membrane - e)
-            hh = hh + flag * (_FAT_H + 0.05 * membrane - hh)
+            hh = hh + flag * (_FAT_H + 0.015 * membrane - hh)
         bx0, by0, bx1, by1 = x0 * mpp, y0 * mpp, (x0 + pw) * mpp, (y0 + ph) * mpp
         gland_idx = spec.glands.overlapping(bx0 - 2, by0 - 2, bx1 + 2, by1 + 2)
         if gland_idx.size:
@@ -413,13 +421,15 @@ class SceneRenderer:
         """Beer-Lambert: concentrations -> RGB, optical blur, grain, uint8."""
         od_h, od_e = self.od
         glass = self.spec.stain.glass_od
-        chans = [-(hh * od_h[c] + e * od_e[c] + float(glass[c])) for c in range(3)]
-        rgb = cv2.exp(cv2.merge([ch.astype(np.float32) for ch in chans])) * 255.0
+        # minus optical density per channel = -(cH * h_od + cE * e_od + glass_od)
+        hh, e = hh.astype(np.float32, copy=False), e.astype(np.float32, copy=False)
+        neg_od = [hh * float(-od_h[c]) + (e * float(-od_e[c]) - float(glass[c])) for c in range(3)]
+        rgb = cv2.exp(cv2.merge(neg_od))
         sigma = 0.3 / self.spec.mpp
         if sigma > 0.25:
             rgb = cv2.GaussianBlur(rgb, (0, 0), sigma)
-        rgb += self._grain_window(x0, y0, pw, ph)
-        return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+        rgb = cv2.scaleAdd(rgb, 255.0, self._grain_window(x0, y0, pw, ph))
+        return cv2.convertScaleAbs(rgb)
 
     def _grain_window(self, x0: int, y0: int, pw: int, ph: int) -> np.ndarray:
         """The grain of level-0 pixels ``[x0, x0+pw) x [y0, y0+ph)`` (periodic in both axes)."""

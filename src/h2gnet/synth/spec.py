@@ -151,6 +151,7 @@ def make_slide_spec(
     lymph = _lymph_field(rng, tissue, tumour, fat, field_mpp)
     lobules = _lobule_centres(rng, tissue, tumour, fat, field_mpp)
     lobule = _lobule_field(rng, shape, field_mpp, lobules)
+    fat = fat - 2.0 * lobule  # lobules sit in fibrous stroma, not in fat
     glands = Glands.concat(
         [
             _acini(rng, lobules),
@@ -196,9 +197,10 @@ def _tissue_mask(rng: np.random.Generator, shape: tuple[int, int], field_mpp: fl
         score = np.maximum(score, _ellipse_score(xs, ys, cx, cy, a, b, rng.uniform(-0.5, 0.5)))
     side = min(h, w)
     score += 0.30 * smooth_noise(rng, shape, 0.15 * side) + 0.10 * smooth_noise(rng, shape, 0.05 * side)
-    band = max(2, round(0.025 * side))
-    score[:band], score[-band:], score[:, :band], score[:, -band:] = -np.inf, -np.inf, -np.inf, -np.inf
-    coverage = rng.uniform(0.45, 0.72)
+    # a smooth penalty near the slide border keeps glass around the section without cutting it straight
+    border = np.minimum(np.minimum(xs, wu - xs) / wu, np.minimum(ys, hu - ys) / hu)
+    score -= 3.0 * (1.0 - _smoothstep(border / 0.09))
+    coverage = rng.uniform(0.45, 0.70)
     mask = score > np.quantile(score, 1.0 - coverage)
     mask = drop_small_parts(smooth_mask(mask, 1.5), 0.03)
     return fill_small_holes(mask, (300.0 / field_mpp) ** 2)

@@ -6,9 +6,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Reference optical-density vectors (Ruifrok & Johnston), before normalisation.
+#: Reference optical-density vectors (R, G, B) of Ruifrok & Johnston, before normalisation.
 HAEMATOXYLIN_OD = (0.65, 0.70, 0.29)
 EOSIN_OD = (0.07, 0.99, 0.11)
+#: Typical vectors estimated from scanned slides (the Macenko normalisation reference);
+#: real eosin absorbs more blue than the Ruifrok vector, so it looks pinker.
+HAEMATOXYLIN_OD_SCANNED = (0.5626, 0.7201, 0.4062)
+EOSIN_OD_SCANNED = (0.2159, 0.8012, 0.5581)
 
 
 @dataclass(frozen=True)
@@ -65,19 +69,26 @@ class StainModel:
         return np.stack([self.h_od * self.h_scale, self.e_od * self.e_scale]).astype(np.float32)
 
 
-def _perturbed_unit(rng: np.random.Generator, base: tuple[float, float, float], sd: float) -> np.ndarray:
-    v = np.asarray(base, np.float64)
-    v = v / np.linalg.norm(v)
-    v = np.clip(v + rng.normal(0.0, sd, 3), 0.02, None)
+def _unit(v: np.ndarray | tuple[float, ...]) -> np.ndarray:
+    v = np.asarray(v, np.float64)
     return v / np.linalg.norm(v)
+
+
+def _perturbed_unit(rng: np.random.Generator, ref: tuple[float, ...], scanned: tuple[float, ...],
+                    sd: float) -> np.ndarray:
+    """A unit OD vector between the Ruifrok and the scanned reference, plus a small random tilt."""
+    t = rng.uniform(0.45, 1.0)
+    v = (1.0 - t) * _unit(ref) + t * _unit(scanned)
+    v = np.clip(_unit(v) + rng.normal(0.0, sd, 3), 0.02, None)
+    return _unit(v)
 
 
 def random_stain(rng: np.random.Generator) -> StainModel:
     """A per-slide stain: perturbed H/E vectors and strengths, slightly tinted glass."""
     glass = 0.035 + rng.uniform(-0.015, 0.015) + rng.normal(0.0, 0.006, 3)
     return StainModel(
-        h_od=_perturbed_unit(rng, HAEMATOXYLIN_OD, 0.05),
-        e_od=_perturbed_unit(rng, EOSIN_OD, 0.05),
+        h_od=_perturbed_unit(rng, HAEMATOXYLIN_OD, HAEMATOXYLIN_OD_SCANNED, 0.04),
+        e_od=_perturbed_unit(rng, EOSIN_OD, EOSIN_OD_SCANNED, 0.04),
         h_scale=float(rng.uniform(0.8, 1.25)),
         e_scale=float(rng.uniform(0.75, 1.3)),
         glass_od=np.clip(glass, 0.01, 0.08),

@@ -1,0 +1,1 @@
+"""Built-in TOML configs of the ablation study and the demo."""

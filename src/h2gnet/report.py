@@ -1,0 +1,168 @@
+"""A single self-contained HTML report (pictures embedded) and the paper's Figure 4, for studies and the demo."""
+
+from __future__ import annotations
+
+import base64
+import html
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from h2gnet import __version__
+from h2gnet.atomic import atomic_path, write_text
+
+if TYPE_CHECKING:
+    from h2gnet.ablation import Study
+
+MAX_SLIDES_IN_FIGURE = 4
+
+
+def _img_tag(path: Path, alt: str, width: str = "100%") -> str:
+    if not path.exists():
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" style="max-width:{width}" src="data:image/png;base64,{data}">'
+
+
+def markdown_table_to_html(md: str) -> str:
+    """The pipe tables of our own Markdown output as HTML (other lines become paragraphs)."""
+    out, rows = [], []
+
+    def flush() -> None:
+        if rows:
+            head, body = rows[0], [r for r in rows[1:] if not set("".join(r)) <= set("-: ")]
+            out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr></thead>"
+                       "<tbody>" + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                                           for r in body) + "</tbody></table>")
+            rows.clear()
+
+    for line in md.splitlines():
+        if line.startswith("|"):
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+        else:
+            flush()
+            if line.strip():
+                out.append(f"<p>{html.escape(line)}</p>")
+    flush()
+    return "\n".join(out)
+
+
+def training_curves_png(runs: dict[str, Path], path: Path) -> Path | None:
+    """Validation/training loss per epoch of each run folder with a log.csv."""
+    from h2gnet.training.common import read_log
+
+    logs = {name: read_log(run) for name, run in runs.items()}
+    logs = {k: v for k, v in logs.items() if v}
+    if not logs:
+        return None
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4 * len(logs), 3), dpi=100)
+    for i, (name, rows) in enumerate(logs.items()):
+        ax = fig.add_subplot(1, len(logs), i + 1)
+        epochs = [int(r["epoch"]) for r in rows]
+        for key in ("train_loss", "val_loss"):
+            ax.plot(epochs, [float(r[key]) for r in rows], label=key.replace("_", " "))
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path
+
+
+def write_figure4(study: Study, path: Path, designs: list[str]) -> Path | None:
+    """Slide, annotation, Mob-PW heatmap and refined segmentation for a few test slides (paper Figure 4)."""
+    from matplotlib.figure import Figure
+
+    from h2gnet.ablation import DESIGNS, _test_entries, step_cohort
+    from h2gnet.annotations import load_annotation
+    from h2gnet.evaluation.predictions import load_mask_tiff
+    from h2gnet.heatmap import HEATMAP_SUFFIX, load_heatmap
+    from h2gnet.slides import open_slide
+
+    refined = [d for d in designs if DESIGNS[d][1] == "refined"]
+    if not refined:
+        return None
+    manifest = step_cohort(study)
+    entries = _test_entries(manifest)
+    by_grade: dict = {}
+    for e in entries:
+        by_grade.setdefault(e.grade, e)
+    chosen = (list(by_grade.values()) + [e for e in entries if e not in by_grade.values()])[:MAX_SLIDES_IN_FIGURE]
+    fig = Figure(figsize=(12, 3 * len(chosen)), dpi=90)
+    titles = ["slide", "annotation", "heatmap (Mob-PW)", f"segmentation ({DESIGNS[refined[0]][0]})"]
+    for row, e in enumerate(chosen):
+        with open_slide(e.slide, e.mpp) as slide:
+            mpp = max(slide.extent_um()) / 512
+            thumb = slide.read_whole(mpp)
+            truth = load_annotation(e.annotation, slide.dimensions, slide.mpp, mpp).array
+            heat_file = study.out / "heatmaps" / "mob" / f"{e.key}{HEATMAP_SUFFIX}"
+            heat = load_heatmap(heat_file)[0].to_mpp(mpp, slide.dimensions).array if heat_file.exists() else None
+            pred_file = study.out / "predictions" / refined[0] / f"{e.key}.mask.tiff"
+            pred = load_mask_tiff(pred_file, slide.mpp).to_mpp(mpp, slide.dimensions).array
+        panels = [thumb, truth, heat, pred]
+        for col, panel in enumerate(panels):
+            ax = fig.add_subplot(len(chosen), 4, row * 4 + col + 1)
+            ax.axis("off")
+            if panel is None:
+                continue
+            if panel.ndim == 3:
+                ax.imshow(panel)
+            else:
+                ax.imshow(thumb)
+                shown = np.ma.masked_where(~(panel > (0 if panel.dtype == bool else 0.0)), panel.astype(float))
+                ax.imshow(shown, cmap="inferno" if col == 2 else "autumn", alpha=0.55, vmin=0, vmax=1)
+            if row == 0:
+                ax.set_title(titles[col], fontsize=10)
+            if col == 0:
+                ax.text(0, -8, f"{e.key} (grade {e.grade})", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path
+
+
+def write_html_report(study: Study, path: Path, designs: list[str], table1_md: str, results: Path) -> Path:
+    """One HTML file that opens offline: tables, figures, per-slide overlays, training curves."""
+    from h2gnet.ablation import DESIGNS, _test_entries, step_cohort
+
+    runs = {p.name: p for p in sorted((study.out / "runs").glob("*")) if (p / "log.csv").exists()}
+    try:
+        training_curves_png(runs, results / "training_curves.png")
+    except ImportError:
+        pass  # matplotlib is in the [train] extra
+    parts = [f"<h1>h2gnet report</h1><p>h2gnet {__version__}, {time.strftime('%Y-%m-%d %H:%M')}, "
+             f"output folder <code>{html.escape(str(study.out))}</code>.</p>",
+             "<h2>Table 1 — test-set segmentation</h2>", markdown_table_to_html(table1_md)]
+    for name, title in (("table2.md", "Table 2 — Dice per histological grade"),
+                        ("tukey.md", "Tukey's range test on per-slide Dice (p-values)")):
+        if (results / name).exists():
+            parts += [f"<h2>{title}</h2>", markdown_table_to_html((results / name).read_text())]
+    for name, title in (("dice_boxplot.png", "Per-slide Dice"), ("figure4.png", "Qualitative results (Figure 4)"),
+                        ("training_curves.png", "Training curves")):
+        tag = _img_tag(results / name, title)
+        if tag:
+            parts += [f"<h2>{title}</h2>", tag]
+    parts.append("<h2>Test slides</h2><p>Heatmap (colour), predicted outline (green).</p>")
+    entries = _test_entries(step_cohort(study))
+    for e in entries:
+        cells = []
+        for d in designs:
+            overlay = study.out / "predictions" / d / f"{e.key}.overlay.png"
+            if overlay.exists():
+                cells.append(f"<figure>{_img_tag(overlay, d, '360px')}<figcaption>{html.escape(DESIGNS[d][0])}"
+                             "</figcaption></figure>")
+        if cells:
+            parts.append(f"<h3>{html.escape(e.key)} (grade {e.grade})</h3><div class='row'>{''.join(cells)}</div>")
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse;"
+             "margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child,"
+             "th:first-child{text-align:left}.row{display:flex;flex-wrap:wrap;gap:8px}figure{margin:0}"
+             "figcaption{font-size:80%;text-align:center}")
+    doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>h2gnet report</title><style>{style}</style>"
+           f"</head><body>{''.join(parts)}</body></html>")
+    write_text(path, doc)
+    return path
