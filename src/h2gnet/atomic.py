@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,11 +23,11 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     parent = final.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".part{final.suffix}", dir=parent)
+        # os.open with 0o666 lets the umask decide the permissions (mkstemp would force 0600)
+        tmp_path = parent / f".{final.stem}.{secrets.token_hex(6)}.part{final.suffix}"
+        os.close(os.open(tmp_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     except OSError as exc:
         raise H2GNetError(parent, f"cannot write here ({exc.strerror or exc})") from None
-    os.close(fd)
-    tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, final)

@@ -363,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stage1(sub)
     _add_stage2(sub)
     _add_evaluation(sub)
+    for sub_parser in sub.choices.values():  # -q works before or after the subcommand
+        sub_parser.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                                help="no progress bars")
     return parser
 
 

@@ -7,6 +7,7 @@ the same whichever tile draws it and tiles agree at their borders.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import cv2
@@ -39,13 +40,47 @@ class CellGrid:
     def position(self, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Jittered centre (µm) of grid cell (i, j)."""
         s, jit = self.spacing, self.jitter
-        x = (i + 0.5 + jit * (hash_uniform(self.seed, i, j, 0) - 0.5)) * s
-        y = (j + 0.5 + jit * (hash_uniform(self.seed, i, j, 1) - 0.5)) * s
-        return x, y
+        i, j = np.asarray(i), np.asarray(j)
+        channel = np.arange(2).reshape((2,) + (1,) * i.ndim)
+        u = hash_uniform(self.seed, i[None], j[None], channel)
+        return (i + 0.5 + jit * (u[0] - 0.5)) * s, (j + 0.5 + jit * (u[1] - 0.5)) * s
 
     def attribute(self, i: np.ndarray, j: np.ndarray, channel: int) -> np.ndarray:
         """Per-cell uniform [0, 1) attribute number ``channel`` (>= 2; 0 and 1 are the jitter)."""
         return hash_uniform(self.seed, i, j, channel)
+
+    def attributes(self, i: np.ndarray, j: np.ndarray, first: int, count: int) -> np.ndarray:
+        """Attributes ``first .. first+count-1`` of each cell, shape (count, N), in one hash pass."""
+        return hash_uniform(self.seed, i[None, :], j[None, :], np.arange(first, first + count)[:, None])
+
+
+def _centre_table(grid: CellGrid, ci: np.ndarray, cj: np.ndarray) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """Jittered centres (µm) of the cells spanned by ``ci``/``cj`` plus one ring: (i0, j0, tx, ty)."""
+    i0, j0 = int(ci.min()) - 1, int(cj.min()) - 1
+    ii = np.arange(i0, int(ci.max()) + 2)[None, :]
+    jj = np.arange(j0, int(cj.max()) + 2)[:, None]
+    tx, ty = grid.position(*np.broadcast_arrays(ii, jj))
+    return i0, j0, tx, ty
+
+
+def _nearest_in_table(s: float, ci, cj, i0, j0, tx, ty, x_um, y_um) -> tuple[np.ndarray, ...]:
+    """Nearest centre (index into the table, flat) and the two smallest distances, over the 3 x 3 cells."""
+    # offsets from each point's cell corner keep float32 precise anywhere on a slide
+    rel_x = (x_um - ci * s).astype(np.float32)
+    rel_y = (y_um - cj * s).astype(np.float32)
+    cand_x = np.empty((9,) + x_um.shape, np.float32)
+    cand_y = np.empty((9,) + x_um.shape, np.float32)
+    cand_k = np.empty((9,) + x_um.shape, np.int64)
+    width = tx.shape[1]
+    for n, (di, dj) in enumerate((a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)):
+        k = (cj + dj - j0) * width + (ci + di - i0)
+        cand_k[n] = k
+        cand_x[n] = tx.ravel()[k] - ci * s
+        cand_y[n] = ty.ravel()[k] - cj * s
+    dist2 = (cand_x - rel_x) ** 2 + (cand_y - rel_y) ** 2
+    nearest = np.take_along_axis(cand_k, np.argmin(dist2, axis=0)[None], 0)[0]
+    two = np.sqrt(np.partition(dist2, 1, axis=0)[:2]).astype(np.float64)
+    return nearest, two[0], two[1]
 
 
 def nearest_two(grid: CellGrid, x_um: np.ndarray, y_um: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -54,26 +89,37 @@ def nearest_two(grid: CellGrid, x_um: np.ndarray, y_um: np.ndarray) -> tuple[np.
     Returns (cx, cy, d1, d2): the nearest centre (µm) and the distances (µm) to
     the nearest and second-nearest centres. Points and result are flat arrays.
     """
+    ci = np.floor(x_um / grid.spacing).astype(np.int64)
+    cj = np.floor(y_um / grid.spacing).astype(np.int64)
+    i0, j0, tx, ty = _centre_table(grid, ci, cj)
+    k, d1, d2 = _nearest_in_table(grid.spacing, ci, cj, i0, j0, tx, ty, x_um, y_um)
+    return tx.ravel()[k], ty.ravel()[k], d1, d2
+
+
+def flagged_voronoi(grid: CellGrid, x_um: np.ndarray, y_um: np.ndarray,
+                    flag: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Whether each point's nearest centre is flagged, and ``(d2 - d1) / 2`` (µm), its gap to the cell edge.
+
+    ``flag(cx, cy)`` marks centres (µm). Points with no flagged centre among
+    their 3 x 3 neighbouring cells are not flagged without a distance query
+    (their gap is reported as +inf).
+    """
+    flagged = np.zeros(x_um.shape, bool)
+    gap = np.full(x_um.shape, np.inf)
+    if x_um.size == 0:
+        return flagged, gap
     s = grid.spacing
     ci = np.floor(x_um / s).astype(np.int64)
     cj = np.floor(y_um / s).astype(np.int64)
-    i0, j0 = int(ci.min()) - 1, int(cj.min()) - 1
-    ii = np.arange(i0, int(ci.max()) + 2)[None, :]
-    jj = np.arange(j0, int(cj.max()) + 2)[:, None]
-    tx, ty = grid.position(*np.broadcast_arrays(ii, jj))
-    rel_x = (x_um - ci * s).astype(np.float32)  # offsets from the point's grid cell corner keep float32 exact enough
-    rel_y = (y_um - cj * s).astype(np.float32)
-    cand_x = np.empty((9,) + x_um.shape, np.float32)
-    cand_y = np.empty((9,) + x_um.shape, np.float32)
-    for n, (di, dj) in enumerate((a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)):
-        cand_x[n] = tx[cj + dj - j0, ci + di - i0] - ci * s
-        cand_y[n] = ty[cj + dj - j0, ci + di - i0] - cj * s
-    dist2 = (cand_x - rel_x) ** 2 + (cand_y - rel_y) ** 2
-    nearest = np.argmin(dist2, axis=0)[None]
-    two = np.sqrt(np.partition(dist2, 1, axis=0)[:2])
-    bx = np.take_along_axis(cand_x, nearest, 0)[0] + ci * s
-    by = np.take_along_axis(cand_y, nearest, 0)[0] + cj * s
-    return bx, by, two[0].astype(np.float64), two[1].astype(np.float64)
+    i0, j0, tx, ty = _centre_table(grid, ci, cj)
+    table_flag = flag(tx, ty).astype(np.uint8)
+    near_flag = cv2.dilate(table_flag, np.ones((3, 3), np.uint8))
+    sel = near_flag[cj - j0, ci - i0] > 0
+    if sel.any():
+        k, d1, d2 = _nearest_in_table(s, ci[sel], cj[sel], i0, j0, tx, ty, x_um[sel], y_um[sel])
+        flagged[sel] = table_flag.ravel()[k] > 0
+        gap[sel] = 0.5 * (d2 - d1)
+    return flagged, gap
 
 
 @dataclass
@@ -100,15 +146,13 @@ class Nuclei:
         return int(self.x.size)
 
     @staticmethod
-    def build(x, y, a, b, angle, darkness, irregularity=0.0, rim=False, nucleolus=False, shape_seed=0) -> "Nuclei":
+    def build(x, y, a, b, angle, darkness, irregularity=0.0, rim=False, nucleolus=False,
+              shape_seed=0) -> "Nuclei":
         """Broadcast scalars to the length of ``x``."""
         n = np.asarray(x).size
         vals = [x, y, a, b, angle, darkness, irregularity, rim, nucleolus, shape_seed]
         dtypes = [float] * 7 + [bool, bool, np.int64]
         return Nuclei(*(np.broadcast_to(np.asarray(v, dt), (n,)).copy() for v, dt in zip(vals, dtypes)))
-
-    def subset(self, keep: np.ndarray) -> "Nuclei":
-        return Nuclei(*(getattr(self, f.name)[keep] for f in fields(self)))
 
     @staticmethod
     def concat(parts: list["Nuclei"]) -> "Nuclei":

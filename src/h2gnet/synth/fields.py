@@ -26,7 +26,7 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale_px: flo
 
 
 def signed_distance_um(mask: np.ndarray, field_mpp: float) -> np.ndarray:
-    """Signed Euclidean distance to the mask edge in µm: > 0 inside, < 0 outside (zero crossing on the edge)."""
+    """Signed Euclidean distance to the mask edge in µm: > 0 inside, < 0 outside, 0 on the edge."""
     m = mask.astype(np.uint8)
     inside = cv2.distanceTransform(m, cv2.DIST_L2, 5) if m.any() else np.zeros(m.shape, np.float32)
     outside = cv2.distanceTransform(1 - m, cv2.DIST_L2, 5) if (1 - m).any() else np.zeros(m.shape, np.float32)
@@ -78,8 +78,9 @@ def _axis(coord_um: np.ndarray, field_mpp: float, n: int) -> tuple[np.ndarray, n
     return i0, np.minimum(i0 + 1, n - 1), u - i0
 
 
-def sample_field_grid(field: np.ndarray, field_mpp: float, xs_um: np.ndarray, ys_um: np.ndarray) -> np.ndarray:
-    """Bilinear samples of ``field`` at the grid ``ys_um x xs_um`` (1-D µm coordinates) -> float32 (len(ys), len(xs))."""
+def sample_field_grid(field: np.ndarray, field_mpp: float, xs_um: np.ndarray,
+                      ys_um: np.ndarray) -> np.ndarray:
+    """Bilinear samples of ``field`` on the grid ``ys_um x xs_um`` (1-D, µm) -> float32 (len(ys), len(xs))."""
     h, w = field.shape
     x0, x1, tx = _axis(xs_um, field_mpp, w)
     y0, y1, ty = _axis(ys_um, field_mpp, h)
@@ -91,13 +92,14 @@ def sample_field_grid(field: np.ndarray, field_mpp: float, xs_um: np.ndarray, ys
     return rows[:, x0 - c0] * (1.0 - tx32) + rows[:, x1 - c0] * tx32
 
 
-def sample_field_points(field: np.ndarray, field_mpp: float, x_um: np.ndarray, y_um: np.ndarray) -> np.ndarray:
+def sample_field_points(field: np.ndarray, field_mpp: float, x_um: np.ndarray,
+                        y_um: np.ndarray) -> np.ndarray:
     """Bilinear samples of ``field`` at points (same interpolation as :func:`sample_field_grid`)."""
     h, w = field.shape
     x_um, y_um = np.broadcast_arrays(np.asarray(x_um, np.float64), np.asarray(y_um, np.float64))
     x0, x1, tx = _axis(x_um, field_mpp, w)
     y0, y1, ty = _axis(y_um, field_mpp, h)
-    f = field.astype(np.float64)
+    f = field
     top = f[y0, x0] * (1 - tx) + f[y0, x1] * tx
     bottom = f[y1, x0] * (1 - tx) + f[y1, x1] * tx
     return top * (1 - ty) + bottom * ty

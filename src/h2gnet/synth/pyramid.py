@@ -95,7 +95,7 @@ class _Level:
             self._emit(np.zeros((0, self.width, 3), np.uint8), final)
 
     def _reduce(self, block: np.ndarray) -> np.ndarray:
-        """Box-filter ``block`` (rows a multiple of ``factor``) by ``factor``; the right edge is replicated."""
+        """Box-filter ``block`` (rows a multiple of ``factor``) by ``factor``, replicating the right edge."""
         f = self.factor
         block = _pad_to(block, block.shape[0], self.width * f)[:, : self.width * f]
         return cv2.resize(block, (self.width, block.shape[0] // f), interpolation=cv2.INTER_AREA)

@@ -24,9 +24,17 @@ from statistics import NormalDist
 import cv2
 import numpy as np
 
-from h2gnet.synth.cells import CellGrid, Nuclei, draw_nuclei, nearest_two
+from h2gnet.synth.cells import CellGrid, Nuclei, draw_nuclei, flagged_voronoi
 from h2gnet.synth.fields import sample_field_grid, sample_field_points
-from h2gnet.synth.noise import fbm_grid, fbm_points, hash_u64, hash_uniform, noise_grid, noise_points, sub_seed
+from h2gnet.synth.noise import (
+    fbm_grid,
+    fbm_points,
+    hash_u64,
+    hash_uniform,
+    noise_grid,
+    noise_points,
+    sub_seed,
+)
 from h2gnet.synth.spec import SlideSpec
 from h2gnet.synth.structures import GlandCanvases, draw_glands, inside_glands, lining_nuclei, tumour_nuclei
 
@@ -35,18 +43,20 @@ _FBM_STD = 0.32  # standard deviation of fbm_grid (3 octaves), used to normalise
 _NOISE_STD = 0.49  # standard deviation of noise_grid
 _NUCLEUS_REACH_UM = 22.0  # largest distance from a nucleus centre to its outline
 _GRAIN_PERIOD = 256
-_WARP_UM = 40.0  # amplitude of the domain warp that makes collagen fibres wave, µm
+_WARP_UM = 28.0  # amplitude of the domain warp that makes collagen fibres wave, µm
 _WARP_SCALE_UM = 180.0
+_FAT_WARP_UM = 14.0  # bends the Voronoi edges of fat cells into curved membranes, µm (x noise amplitude)
+_FAT_WARP_SCALE_UM = 50.0
 
 # Stain concentrations (optical density units before the slide's stain strengths).
 _NUCLEUS_H = 2.4
-_STROMA_E = 0.5
+_STROMA_E = 0.58
 _NEST_E = 0.42
 _EPITHELIUM_E, _EPITHELIUM_H = 0.34, 0.11
 _WALL_E, _WALL_H = 0.78, 0.06
 _LUMEN_E, _LUMEN_H = 0.035, 0.012
 _RBC_E, _RBC_H = 1.15, 0.03
-_FAT_E, _FAT_H, _MEMBRANE_E = 0.03, 0.01, 0.55
+_FAT_E, _FAT_H, _MEMBRANE_E = 0.03, 0.01, 0.48
 
 
 @dataclass(frozen=True)
@@ -89,11 +99,6 @@ def _mix(base: np.ndarray, value: float, weight: np.ndarray) -> np.ndarray:
     return base + (value - base) * weight
 
 
-def _smoothstep(x: np.ndarray) -> np.ndarray:
-    x = np.clip(x, 0.0, 1.0)
-    return x * x * (3 - 2 * x)
-
-
 class SceneRenderer:
     """Renders any level-0 rectangle of one slide; create one per slide and reuse it for every tile."""
 
@@ -129,7 +134,8 @@ class SceneRenderer:
             self.seeds.edge + 1, gx, gy, self._step(12.0), 1
         )
 
-    def _tissue_sd_grid(self, cx0: int, cy0: int, cw: int, ch: int, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    def _tissue_sd_grid(self, cx0: int, cy0: int, cw: int, ch: int, xs: np.ndarray,
+                        ys: np.ndarray) -> np.ndarray:
         sd = sample_field_grid(self.spec.tissue, self.spec.field_mpp, xs, ys)
         sd += 18.0 * fbm_grid(self.seeds.edge, cx0, cy0, cw, ch, self._step(60.0))
         sd += 5.0 * fbm_grid(self.seeds.edge + 1, cx0, cy0, cw, ch, self._step(12.0), 1)
@@ -138,7 +144,7 @@ class SceneRenderer:
     def _nest_score(self, z: np.ndarray, density: np.ndarray, tumour_sd: np.ndarray) -> np.ndarray:
         """> 0 inside a solid tumour nest; ``z`` is unit-variance noise, ``tumour_sd`` µm."""
         fade = np.clip((50.0 - tumour_sd) / 50.0, 0.0, 1.0)
-        return z - self.nest_tau - 4.0 * (1.0 - density) - 3.0 * fade
+        return z - self.nest_tau - 3.0 * (1.0 - density) - 3.0 * fade
 
     def _nest_points(self, x_um: np.ndarray, y_um: np.ndarray) -> np.ndarray:
         spec = self.spec
@@ -150,9 +156,17 @@ class SceneRenderer:
 
     def _fat_points(self, x_um: np.ndarray, y_um: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(fat flag, membrane distance µm) at points: a point is fat if its adipocyte's centre is."""
-        cx, cy, d1, d2 = nearest_two(self.adipocytes, x_um, y_um)
-        flag = sample_field_points(self.spec.fat, self.spec.field_mpp, cx, cy) > 0
-        return flag, 0.5 * (d2 - d1)
+        gx, gy = self._to_coarse(x_um, y_um)
+        step = self._step(_FAT_WARP_SCALE_UM)
+        xw = x_um + _FAT_WARP_UM * noise_points(self.seeds.adipocyte + 1, gx, gy, step)
+        yw = y_um + _FAT_WARP_UM * noise_points(self.seeds.adipocyte + 2, gx, gy, step)
+        return self._adipocytes(xw, yw)
+
+    def _adipocytes(self, xw: np.ndarray, yw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Voronoi adipocytes at warped µm positions; a cell is fat if the fat field is > 0 at its centre."""
+        spec = self.spec
+        return flagged_voronoi(self.adipocytes, xw, yw,
+                               lambda cx, cy: sample_field_points(spec.fat, spec.field_mpp, cx, cy) > 0)
 
     # ------------------------------------------------------------------ coarse pass
 
@@ -199,13 +213,15 @@ class SceneRenderer:
 
     def _stretched(self, seed: int, phi: float, along: float, across: float, wx: np.ndarray,
                    wy: np.ndarray) -> np.ndarray:
-        """Value noise with features ``along`` x ``across`` µm, direction ``phi``, at warped µm coordinates."""
+        """Value noise of ``along`` x ``across`` µm features in direction ``phi``, at warped µm positions."""
         c, s = math.cos(phi), math.sin(phi)
         p = (wx * c + wy * s) / along
         q = (-wx * s + wy * c) / across
         p0, q0 = int(math.floor(p.min())) - 2, int(math.floor(q.min())) - 2
         nx, ny = int(math.ceil(p.max())) - p0 + 3, int(math.ceil(q.max())) - q0 + 3
-        lattice = (hash_uniform(seed, np.arange(p0, p0 + nx)[None, :], np.arange(q0, q0 + ny)[:, None]) * 2 - 1)
+        nodes_p = np.arange(p0, p0 + nx)[None, :]
+        nodes_q = np.arange(q0, q0 + ny)[:, None]
+        lattice = hash_uniform(seed, nodes_p, nodes_q) * 2 - 1
         return cv2.remap(lattice.astype(np.float32), (p - p0).astype(np.float32), (q - q0).astype(np.float32),
                          cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
 
@@ -223,7 +239,7 @@ class SceneRenderer:
         return np.clip(out, 0.0, 1.2)
 
     def _coarse(self, x0: int, y0: int, w: int, h: int) -> _Coarse:
-        """Coarse maps covering level-0 ``[x0, x0+w) x [y0, y0+h)`` (multiples of k) plus one coarse px border."""
+        """Coarse maps of level-0 ``[x0, x0+w) x [y0, y0+h)`` (multiples of k) plus a one-cell border."""
         spec, k, cu = self.spec, self.k, self.cu
         cx0, cy0 = x0 // k - 1, y0 // k - 1
         cw, ch = w // k + 2, h // k + 2
@@ -253,24 +269,32 @@ class SceneRenderer:
             e = _mix(e, _NEST_E, nest)
             hh = _mix(hh, spec.style.cytoplasm_h, nest)
         e *= 1.0 + 0.3 * np.exp(-np.maximum(tissue_sd, 0.0) / 20.0)
-        fat_flag, fat_edge = self._fat_grid(xs, ys)
+        fat_flag, fat_edge = self._fat_grid(cx0, cy0, xs, ys)
         return _Coarse(cx0, cy0, e.astype(np.float32), hh.astype(np.float32), alpha.astype(np.float32),
                        thickness, fat_flag, fat_edge, True, has_tumour)
 
-    def _fat_grid(self, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Adipocyte flag (0/1) and membrane distance (µm) on the coarse grid; None where no fat is near."""
+    def _fat_grid(self, cx0: int, cy0: int, xs: np.ndarray,
+                  ys: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Adipocyte flag (0/1) and membrane distance (µm) on the coarse grid; None where no fat is near.
+
+        Same function as :meth:`_fat_points` (the warp noise is evaluated on the grid instead).
+        """
         spec = self.spec
         candidate = sample_field_grid(spec.fat, spec.field_mpp, xs, ys) > -0.6
         if not candidate.any():
             return None, None
         rows, cols = np.nonzero(candidate)
-        flag, edge = self._fat_points(xs[cols], ys[rows])
+        step = self._step(_FAT_WARP_SCALE_UM)
+        ch, cw = candidate.shape
+        wx = noise_grid(self.seeds.adipocyte + 1, cx0, cy0, cw, ch, step)[rows, cols]
+        wy = noise_grid(self.seeds.adipocyte + 2, cx0, cy0, cw, ch, step)[rows, cols]
+        flag, edge = self._adipocytes(xs[cols] + _FAT_WARP_UM * wx, ys[rows] + _FAT_WARP_UM * wy)
         if not flag.any():
             return None, None
         fat_flag = np.zeros(candidate.shape, np.float32)
         fat_edge = np.full(candidate.shape, 100.0, np.float32)
         fat_flag[rows, cols] = flag
-        fat_edge[rows, cols] = edge
+        fat_edge[rows, cols] = np.minimum(edge, 100.0)
         return fat_flag, fat_edge
 
     # ------------------------------------------------------------------ nuclei of a region
@@ -304,16 +328,18 @@ class SceneRenderer:
         return ok
 
     def _stroma_nuclei(self, box: tuple[float, ...], gland_idx: np.ndarray) -> list[Nuclei]:
-        """Fibroblasts (along the collagen) and lymphocytes, only in stroma (not in fat cells, nests, glands)."""
+        """Fibroblasts (along the collagen) and lymphocytes, in stroma only (not fat cells, nests, glands)."""
         spec = self.spec
         fx, fy, fi, fj = self.fibroblasts.centres(*box)
         desmo = np.clip(sample_field_points(spec.tumour, spec.field_mpp, fx, fy) / 25.0 + 0.5, 0, 1)
         lob = sample_field_points(spec.lobule, spec.field_mpp, fx, fy)
         fkeep = self.fibroblasts.attribute(fi, fj, 2) < 0.2 + 0.3 * desmo + 0.25 * lob
         lx, ly, li, lj = self.lymphocytes.centres(*box)
-        lkeep = self.lymphocytes.attribute(li, lj, 2) < sample_field_points(spec.lymph, spec.field_mpp, lx, ly)
-        ok = self._in_tissue_stroma(np.concatenate([fx[fkeep], lx[lkeep]]), np.concatenate([fy[fkeep], ly[lkeep]]),
-                                    gland_idx)
+        density = sample_field_points(spec.lymph, spec.field_mpp, lx, ly)
+        lkeep = self.lymphocytes.attribute(li, lj, 2) < density
+        xs = np.concatenate([fx[fkeep], lx[lkeep]])
+        ys = np.concatenate([fy[fkeep], ly[lkeep]])
+        ok = self._in_tissue_stroma(xs, ys, gland_idx)
         n = int(fkeep.sum())
         fkeep[fkeep] = ok[:n]
         lkeep[lkeep] = ok[n:]
@@ -324,7 +350,7 @@ class SceneRenderer:
 
     def _fibroblasts(self, x, y, i, j, desmo) -> Nuclei:
         grid = self.fibroblasts
-        u = [grid.attribute(i, j, c) for c in range(3, 7)]
+        u = grid.attributes(i, j, 3, 4)
         angle = self._theta_points(x, y) + 0.4 * (u[0] - 0.5)
         a = 3.5 + 3.0 * u[1]
         b = 1.0 + 0.8 * u[2] + 0.7 * desmo
@@ -333,7 +359,7 @@ class SceneRenderer:
 
     def _lymphocytes(self, x, y, i, j) -> Nuclei:
         grid = self.lymphocytes
-        u = [grid.attribute(i, j, c) for c in range(3, 6)]
+        u = grid.attributes(i, j, 3, 3)
         a = 2.7 + 0.8 * u[0]
         seed = (hash_u64(grid.seed, i, j) >> np.uint64(2)).astype(np.int64)
         return Nuclei.build(x, y, a, a * (0.85 + 0.15 * u[1]), 2 * np.pi * u[2], 0.85 + 0.15 * u[1], 0.06,
@@ -381,7 +407,7 @@ class SceneRenderer:
         if coarse.fat_flag is not None:
             flag = self._upsample(coarse.fat_flag, pw, ph)
             edge = self._upsample(coarse.fat_edge, pw, ph)
-            membrane = np.clip(1.0 - (edge - 0.45) / 0.8, 0.0, 1.0)
+            membrane = np.clip(1.0 - (edge - 0.3) / 0.7, 0.0, 1.0)
             e = e + flag * (_FAT_E + _MEMBRANE_E * membrane - e)
             hh = hh + flag * (_FAT_H + 0.015 * membrane - hh)
         bx0, by0, bx1, by1 = x0 * mpp, y0 * mpp, (x0 + pw) * mpp, (y0 + ph) * mpp
@@ -402,7 +428,8 @@ class SceneRenderer:
             e = e * (1.0 - 0.8 * c) + 0.12 * c
         return e, hh
 
-    def _composite_glands(self, canv: GlandCanvases, e: np.ndarray, hh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _composite_glands(self, canv: GlandCanvases, e: np.ndarray,
+                          hh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         layers = [
             (canv.epithelium, _EPITHELIUM_E, _EPITHELIUM_H),
             (canv.tumour, _NEST_E, self.spec.style.cytoplasm_h),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from scipy.spatial import cKDTree
 
@@ -120,7 +121,7 @@ def validate_geometry(width: int, height: int, mpp: float, pyramid: tuple[int, .
         raise H2GNetError(None, f"pyramid {pyramid} must start with downsample 1")
     for a, b in zip(pyramid, pyramid[1:]):
         if b <= a or b % a:
-            raise H2GNetError(None, f"pyramid {pyramid}: each downsample must be a larger multiple of the last")
+            raise H2GNetError(None, f"pyramid {pyramid}: each downsample must be a multiple of the last")
     if math.ceil(min(width, height) / pyramid[-1]) < 16:
         raise H2GNetError(None, f"pyramid {pyramid}: smallest level of a {width}x{height} slide under 16 px")
 
@@ -144,8 +145,9 @@ def make_slide_spec(
     field_mpp = max(8.0, extent_um / 1024.0)
     shape = (math.ceil(height * mpp / field_mpp), math.ceil(width * mpp / field_mpp))
 
-    tissue = signed_distance_um(_tissue_mask(rng, shape, field_mpp), field_mpp)
-    tumour = signed_distance_um(_tumour_mask(rng, tissue, field_mpp), field_mpp)
+    tissue = _smooth_distance(signed_distance_um(_tissue_mask(rng, shape, field_mpp), field_mpp))
+    tumour = _smooth_distance(signed_distance_um(_tumour_mask(rng, tissue, field_mpp), field_mpp))
+    tumour = np.minimum(tumour, tissue - 20.0)  # the region never reaches the tissue edge
     fat = _fat_field(rng, tissue, tumour, field_mpp)
     nest = _nest_density(rng, tumour, field_mpp)
     lymph = _lymph_field(rng, tissue, tumour, fat, field_mpp)
@@ -170,6 +172,11 @@ def make_slide_spec(
 
 # ----------------------------------------------------------------------------------------------
 # Tissue section and tumour region (binary masks on the field grid)
+
+
+def _smooth_distance(sd: np.ndarray) -> np.ndarray:
+    """Blur a signed-distance field (1.5 cells) so its zero contour is smooth, not a staircase of cells."""
+    return cv2.GaussianBlur(sd, (0, 0), 1.5, borderType=cv2.BORDER_REPLICATE)
 
 
 def _ellipse_score(xs, ys, cx, cy, a, b, angle) -> np.ndarray:
@@ -255,7 +262,8 @@ def _smoothstep(x: np.ndarray) -> np.ndarray:
     return x * x * (3 - 2 * x)
 
 
-def _fat_field(rng: np.random.Generator, tissue: np.ndarray, tumour: np.ndarray, field_mpp: float) -> np.ndarray:
+def _fat_field(rng: np.random.Generator, tissue: np.ndarray, tumour: np.ndarray,
+               field_mpp: float) -> np.ndarray:
     """Adipose score (> 0 = fat): 15-50 % of the non-tumour tissue, a few entrapped islands in the region."""
     shape = tissue.shape
     side_um = min(shape) * field_mpp
@@ -265,18 +273,18 @@ def _fat_field(rng: np.random.Generator, tissue: np.ndarray, tumour: np.ndarray,
     region = tumour > 0
     thr_out = np.quantile(f[outside], 1.0 - rng.uniform(0.15, 0.5)) if outside.any() else 0.0
     thr_in = np.quantile(f[region], 1.0 - rng.uniform(0.02, 0.08)) if region.any() else thr_out
-    w_in = _smoothstep(tumour / 150.0)
+    w_in = _smoothstep(tumour / 60.0)
     return ((1.0 - w_in) * (f - thr_out) + w_in * (f - thr_in)).astype(np.float32)
 
 
 def _nest_density(rng: np.random.Generator, tumour: np.ndarray, field_mpp: float) -> np.ndarray:
-    """Tumour-nest density in the region: 0 (desmoplastic stroma only) on ~18-30 % of its area."""
+    """Tumour-nest density in the region: 0 (desmoplastic stroma only) on ~25-38 % of its area."""
     shape = tumour.shape
-    scale = 450.0 / field_mpp
-    n = smooth_noise(rng, shape, scale) + 0.35 * smooth_noise(rng, shape, scale / 3.0)
+    scale = 700.0 / field_mpp
+    n = smooth_noise(rng, shape, scale) + 0.3 * smooth_noise(rng, shape, scale / 3.0)
     region = tumour > 0
-    q = np.quantile(n[region], rng.uniform(0.18, 0.30)) if region.any() else 0.0
-    return np.where(region, np.clip((n - q) / 0.6, 0.0, 1.0), 0.0).astype(np.float32)
+    q = np.quantile(n[region], rng.uniform(0.25, 0.38)) if region.any() else 0.0
+    return np.where(region, np.clip((n - q) / 0.25, 0.0, 1.0), 0.0).astype(np.float32)
 
 
 def _add_blob(field: np.ndarray, field_mpp: float, cx: float, cy: float, sigma: float, amp: float) -> None:
@@ -304,12 +312,13 @@ def _lymph_field(
     stroma = (tissue > 40) & (fat < 0)
     lymph = np.where(stroma, 0.01, 0.0).astype(np.float32)
     lymph = np.maximum(lymph, (0.05 * (tumour > 0)).astype(np.float32))
-    rim = 0.14 * np.exp(-((tumour / 120.0) ** 2)) * (tissue > 0)
+    rim = 0.06 * np.exp(-((tumour / 120.0) ** 2)) * (tissue > 0)
     lymph = np.maximum(lymph, rim.astype(np.float32))
     outside = stroma & (tumour < -60)
     n_out = int(rng.poisson(0.8 * _area_mm2(outside, field_mpp))) + 1
     n_in = int(rng.poisson(0.3 * _area_mm2(stroma & (tumour > 60), field_mpp)))
-    centres = [_pick_weighted(rng, outside, n_out, field_mpp), _pick_weighted(rng, stroma & (tumour > 60), n_in, field_mpp)]
+    inside = stroma & (tumour > 60)
+    centres = [_pick_weighted(rng, outside, n_out, field_mpp), _pick_weighted(rng, inside, n_in, field_mpp)]
     for cx, cy in np.concatenate(centres):
         _add_blob(lymph, field_mpp, cx, cy, rng.uniform(40.0, 140.0), rng.uniform(0.55, 0.92))
     return lymph
@@ -376,10 +385,9 @@ def _acini(rng, lobules: np.ndarray) -> Glands:
         ra = rng.uniform(14.0, 26.0, n_cand)
         keep = _thin(xy, ra, 8.0)
         m = int(keep.sum())
-        parts.append(
-            _glands(ACINUS, xy[keep], ra[keep], ra[keep] * rng.uniform(0.75, 1.0, m), rng.uniform(0, math.pi, m),
-                    rng.uniform(0.3, 0.5, m), rng)
-        )
+        rb = ra[keep] * rng.uniform(0.75, 1.0, m)
+        angle, lumen = rng.uniform(0, math.pi, m), rng.uniform(0.3, 0.5, m)
+        parts.append(_glands(ACINUS, xy[keep], ra[keep], rb, angle, lumen, rng))
     return Glands.concat(parts) if parts else _glands(ACINUS, np.zeros((0, 2)), 0, 0, 0, 0, rng)
 
 
@@ -401,8 +409,9 @@ def _vessels(rng, tissue, tumour, fat, field_mpp: float) -> Glands:
     ra = rng.uniform(6.0, 24.0, len(xy))
     keep = _thin(xy, ra, 20.0)
     m = int(keep.sum())
-    return _glands(VESSEL, xy[keep], ra[keep], ra[keep] * rng.uniform(0.45, 1.0, m), rng.uniform(0, math.pi, m),
-                   rng.uniform(0.75, 0.85, m), rng)
+    rb = ra[keep] * rng.uniform(0.45, 1.0, m)
+    angle, lumen = rng.uniform(0, math.pi, m), rng.uniform(0.75, 0.85, m)
+    return _glands(VESSEL, xy[keep], ra[keep], rb, angle, lumen, rng)
 
 
 def _tubules(rng, tumour: np.ndarray, nest: np.ndarray, field_mpp: float, style: GradeStyle) -> Glands:

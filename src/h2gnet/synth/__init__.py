@@ -1,0 +1,30 @@
+"""Phantom cohort generator: synthetic H&E breast-cancer whole-slide images with tumour annotations.
+
+No annotated breast-cancer cohort ships with h2gnet, so this package renders one
+that poses the H2G-Net problem (Pedersen et al. 2022): pyramidal JPEG TIFFs of
+H&E sections (stroma, fat, normal lobules and ducts, lymphocyte aggregates,
+vessels) with a tumour *region* whose annotation covers invasive nests of a
+given Nottingham grade and the desmoplastic stroma between them.
+
+Public API::
+
+    make_cohort(out_dir, n_slides=24, seed=0, width=None, height=None, mpp=None, progress=True)
+    make_slide_spec(seed, grade, width, height, mpp, pyramid) -> SlideSpec
+    render_slide(path, spec, progress=False)
+    tumour_geojson(spec) -> dict
+"""
+
+from h2gnet.synth.annotation import geojson_text, tumour_geojson
+from h2gnet.synth.cohort import make_cohort, plan_cohort
+from h2gnet.synth.slide import render_slide
+from h2gnet.synth.spec import SlideSpec, make_slide_spec
+
+__all__ = [
+    "SlideSpec",
+    "geojson_text",
+    "make_cohort",
+    "make_slide_spec",
+    "plan_cohort",
+    "render_slide",
+    "tumour_geojson",
+]
