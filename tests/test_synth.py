@@ -215,6 +215,48 @@ def test_annotation_matches_rendered_tumour_region(tmp_path, seed, grade):
         assert haem[shifted].mean() / haem[outside].mean() < ratio
 
 
+def _region_patches(spec, renderer, patch_um=256.0, step_um=8.0):
+    """Epithelium share of each 256 µm patch labelled tumour (> 25 % in the region, > 25 % tissue)."""
+    from h2gnet.synth.fields import sample_field_points
+
+    g = np.arange(step_um / 2, patch_um, step_um)
+    shares = []
+    for py in np.arange(0, spec.height * spec.mpp - patch_um, patch_um):
+        for px in np.arange(0, spec.width * spec.mpp - patch_um, patch_um):
+            xx, yy = (a.ravel() for a in np.meshgrid(px + g, py + g))
+            tissue = sample_field_points(spec.tissue, spec.field_mpp, xx, yy) > 0
+            region = sample_field_points(spec.tumour, spec.field_mpp, xx, yy) > 0
+            if tissue.mean() > 0.25 and region.mean() > 0.25:
+                shares.append(renderer.epithelium_at(xx, yy).mean())
+    return np.asarray(shares)
+
+
+@pytest.mark.parametrize("seed, grade", [(41, 1), (42, 2), (43, 3)])
+def test_region_mixes_tumour_nests_with_plain_desmoplastic_stroma(seed, grade):
+    """As in the paper's annotations, some tumour-labelled patches show no tumour cells, most do."""
+    spec = make_slide_spec(seed, grade, 12000, 9000, 0.5, (1, 4))
+    renderer = SceneRenderer(spec)
+    shares = _region_patches(spec, renderer)
+    assert len(shares) >= 30
+    assert 0.05 <= (shares == 0).mean() <= 0.35
+    assert np.median(shares) > 0.05
+    # no tumour epithelium at all outside the region
+    xx = np.random.default_rng(0).uniform(0, spec.width * spec.mpp, 20000)
+    yy = np.random.default_rng(1).uniform(0, spec.height * spec.mpp, 20000)
+    from h2gnet.synth.fields import sample_field_points
+
+    outside = sample_field_points(spec.tumour, spec.field_mpp, xx, yy) < 0
+    assert not renderer.epithelium_at(xx[outside], yy[outside]).any()
+
+
+def test_tissue_and_region_sizes_follow_the_spec():
+    for seed in range(6):
+        spec = make_slide_spec(seed, 1 + seed % 3, 8000, 6000, 0.5, (1, 4))
+        assert 0.35 < (spec.tissue > 0).mean() < 0.85
+        assert 0.08 < spec.tumour_fraction_of_tissue() < 0.45
+        assert ((spec.tumour > 0) & (spec.tissue <= 0)).sum() == 0
+
+
 def test_render_failure_leaves_no_file(tmp_path, monkeypatch, rendered):
     _, spec = rendered["pow2"]
     calls = {"n": 0}

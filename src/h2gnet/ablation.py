@@ -297,11 +297,13 @@ def write_results(study: Study, rows: list[dict], designs: list[str], timings: d
     dice = values_by_design(rows)
     deep = {k: v for k, v in dice.items() if k != DESIGNS["otsu"][0]}
     tukey = None
-    if len(deep) >= 2:
+    try:
         names, p = tukey_table(deep)
         write_tukey_markdown(res / "tukey.md", names, p)
         write_tukey_csv(res / "tukey.csv", names, p)
         tukey = {"designs": names, "p": p.tolist()}
+    except ValueError as exc:  # fewer than two designs or slides, or constant values
+        write_text(res / "tukey.md", f"Tukey's range test not computed: {exc}.\n")
     try:
         boxplot_png({k: dice[k] for k in labels}, res / "dice_boxplot.png", title="Per-slide Dice (test split)")
         write_figure4(study, res / "figure4.png", designs)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 
 from h2gnet import __version__
@@ -94,14 +95,16 @@ def write_figure4(study: Study, path: Path, designs: list[str]) -> Path | None:
         by_grade.setdefault(e.grade, e)
     chosen = (list(by_grade.values()) + [e for e in entries if e not in by_grade.values()])[:MAX_SLIDES_IN_FIGURE]
     fig = Figure(figsize=(12, 3 * len(chosen)), dpi=90)
-    titles = ["slide", "annotation", "heatmap (Mob-PW)", f"segmentation ({DESIGNS[refined[0]][0]})"]
+    titles = ["", "annotation", "heatmap (Mob-PW)", f"segmentation ({DESIGNS[refined[0]][0]})"]
     for row, e in enumerate(chosen):
         with open_slide(e.slide, e.mpp) as slide:
             mpp = max(slide.extent_um()) / 512
             thumb = slide.read_whole(mpp)
             truth = load_annotation(e.annotation, slide.dimensions, slide.mpp, mpp).array
             heat_file = study.out / "heatmaps" / "mob" / f"{e.key}{HEATMAP_SUFFIX}"
-            heat = load_heatmap(heat_file)[0].to_mpp(mpp, slide.dimensions).array if heat_file.exists() else None
+            heat = None
+            if heat_file.exists():  # nearest: one block per patch, as the classifier saw it
+                heat = load_heatmap(heat_file)[0].to_mpp(mpp, slide.dimensions, cv2.INTER_NEAREST).array
             pred_file = study.out / "predictions" / refined[0] / f"{e.key}.mask.tiff"
             pred = load_mask_tiff(pred_file, slide.mpp).to_mpp(mpp, slide.dimensions).array
         panels = [thumb, truth, heat, pred]
@@ -116,10 +119,8 @@ def write_figure4(study: Study, path: Path, designs: list[str]) -> Path | None:
                 ax.imshow(thumb)
                 shown = np.ma.masked_where(~(panel > (0 if panel.dtype == bool else 0.0)), panel.astype(float))
                 ax.imshow(shown, cmap="inferno" if col == 2 else "autumn", alpha=0.55, vmin=0, vmax=1)
-            if row == 0:
-                ax.set_title(titles[col], fontsize=10)
-            if col == 0:
-                ax.text(0, -8, f"{e.key} (grade {e.grade})", fontsize=8)
+            title = f"{e.key} (grade {e.grade})" if col == 0 else titles[col] if row == 0 else ""
+            ax.set_title(title, fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

@@ -35,7 +35,7 @@ from h2gnet.synth.noise import (
     noise_points,
     sub_seed,
 )
-from h2gnet.synth.spec import SlideSpec
+from h2gnet.synth.spec import TUBULE, SlideSpec
 from h2gnet.synth.structures import GlandCanvases, draw_glands, inside_glands, lining_nuclei, tumour_nuclei
 
 _MARGIN_PX = 8  # level-0 px rendered around a region (blur support, seamless borders)
@@ -167,6 +167,16 @@ class SceneRenderer:
         spec = self.spec
         return flagged_voronoi(self.adipocytes, xw, yw,
                                lambda cx, cy: sample_field_points(spec.fat, spec.field_mpp, cx, cy) > 0)
+
+    def epithelium_at(self, x_um: np.ndarray, y_um: np.ndarray) -> np.ndarray:
+        """Whether each point (µm from the level-0 origin) is tumour epithelium: a solid nest or a tubule."""
+        x_um, y_um = np.asarray(x_um, np.float64).ravel(), np.asarray(y_um, np.float64).ravel()
+        hit = self._nest_points(x_um, y_um) > 0
+        if x_um.size:
+            glands = self.spec.glands
+            near = glands.overlapping(x_um.min(), y_um.min(), x_um.max(), y_um.max())
+            hit |= inside_glands(glands, near[glands.kind[near] == TUBULE], x_um, y_um, 1.0)
+        return hit
 
     # ------------------------------------------------------------------ coarse pass
 
