@@ -132,7 +132,7 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path(".bench"))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--readers", type=int, default=2)
     ap.add_argument("--no-refine", action="store_true")
     args = ap.parse_args()

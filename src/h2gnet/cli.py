@@ -227,7 +227,8 @@ def _add_inference_options(p: argparse.ArgumentParser, patch_required: bool = Tr
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "tensorrt", "openvino", "auto"),
                    help="ONNX Runtime execution provider (default cpu)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
-    p.add_argument("--batch-size", type=int, default=32, help="patches per inference batch")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="patches per inference batch (memory grows with it: ~25 MB per 256-px patch)")
     p.add_argument("--readers", type=int, default=2, help="patch-reading threads")
     p.add_argument("--overwrite", action="store_true", help="redo slides that already have outputs")
 

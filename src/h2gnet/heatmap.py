@@ -67,7 +67,7 @@ def _batches(slide: Slide, xs: np.ndarray, ys: np.ndarray, size: int, mpp: float
 
 
 def compute_heatmap(slide: Slide, model: OnnxModel, tissue: Raster, min_tissue: float = MIN_TISSUE,
-                    batch_size: int = 32, readers: int = 2, progress: bool = True,
+                    batch_size: int = 16, readers: int = 2, progress: bool = True,
                     stats: HeatmapStats | None = None) -> Raster:
     """Tumour-probability heatmap (float32, one pixel per patch; 0 where no patch was classified)."""
     from tqdm.auto import tqdm

@@ -56,7 +56,7 @@ class SegmentConfig:
     heatmap_dir: Path | None = None
     device: str = "cpu"
     threads: int | None = None
-    batch_size: int = 32
+    batch_size: int = 16
     readers: int = 2
     min_tissue: float = MIN_TISSUE
     threshold: float = 0.5

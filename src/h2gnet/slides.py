@@ -31,7 +31,7 @@ from h2gnet.errors import H2GNetError
 #: A level is used for a request when its µm/px is at most this factor above the request.
 LEVEL_TOLERANCE = 1.01
 #: Largest side, in source pixels, of one OpenSlide read; larger requests are tiled.
-MAX_READ_SIDE = 4096
+MAX_READ_SIDE = 2048
 #: Largest plain (untiled, unpyramidal) image accepted, in pixels: it is decoded whole.
 MAX_PLAIN_IMAGE_PIXELS = 20_000 * 20_000
 #: Plausible range of level-0 resolutions, µm/px.
@@ -180,9 +180,9 @@ class Slide:
     def _background_colour(self) -> np.ndarray:
         raw = self.properties.get(openslide.PROPERTY_NAME_BACKGROUND_COLOR, "FFFFFF")
         try:
-            return np.array([int(raw[i : i + 2], 16) for i in (0, 2, 4)], dtype=np.float32)
+            return np.array([int(raw[i : i + 2], 16) for i in (0, 2, 4)], dtype=np.uint8)
         except (ValueError, IndexError):
-            return np.full(3, 255, dtype=np.float32)
+            return np.full(3, 255, dtype=np.uint8)
 
     @property
     def name(self) -> str:
@@ -272,9 +272,11 @@ class Slide:
         alpha = rgba[..., 3]
         if alpha.min() == 255:
             return rgb
-        a = alpha[..., None].astype(np.float32) / 255.0
-        out = rgb.astype(np.float32) * a + self._background * (1.0 - a)
-        return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+        # integer blend: rgb * a + bg * (255 - a) + 127 <= 255 * 255 + 127 fits in uint16
+        a = alpha[..., None].astype(np.uint16)
+        bg = self._background.astype(np.uint16)
+        out = (rgb.astype(np.uint16) * a + bg * (255 - a) + 127) // 255
+        return out.astype(np.uint8)
 
     # -- lifecycle ----------------------------------------------------------------
     def close(self) -> None:

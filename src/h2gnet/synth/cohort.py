@@ -15,8 +15,8 @@ through these scanner layouts (pixel size µm/px, pyramid downsamples):
 
 so 0.5 µm/px slides cover about 6 x 4.5 mm of glass and 0.25 µm/px ones about
 3 x 2.25 mm. Levels smaller than 64 px are dropped. A 24-slide default cohort
-is about 2.4 gigapixels of level 0 and renders in roughly two to three minutes
-on two cores.
+is about 2.3 gigapixels of level 0 (310 MB of TIFF) and takes about 210 s of CPU
+time, so just under two minutes on two free cores.
 """
 
 from __future__ import annotations
