@@ -51,7 +51,8 @@ def test_miniature_study_runs_and_resumes(tmp_path: Path, capsys) -> None:
     table1 = (results / "table1.md").read_text()
     assert "(I) Otsu" in table1 and "(II) UNet-LR" in table1 and "0.669 ± 0.179" in table1  # paper column
     report = (results / "report.html").read_text()
-    assert report.startswith("<!DOCTYPE html>") and "data:image/png;base64," in report and "http://" not in report and "https://" not in report
+    assert report.startswith("<!DOCTYPE html>") and "data:image/png;base64," in report
+    assert "data:image/jpeg;base64," in report and "http://" not in report and "https://" not in report
     data = json.loads((results / "results.json").read_text())
     assert set(data["designs"]) == {"otsu", "unet-lr", "mob-pw", "mob-pw-unet"}
     # every test slide has a prediction per design

@@ -20,11 +20,21 @@ if TYPE_CHECKING:
 MAX_SLIDES_IN_FIGURE = 4
 
 
-def _img_tag(path: Path, alt: str, width: str = "100%") -> str:
+def _img_tag(path: Path, alt: str, width: str = "100%", max_side: int | None = None) -> str:
+    """An <img> with the picture embedded; ``max_side`` shrinks it and embeds a JPEG (keeps reports small)."""
     if not path.exists():
         return ""
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" style="max-width:{width}" src="data:image/png;base64,{data}">'
+    if max_side is None:
+        mime, raw = "png", path.read_bytes()
+    else:
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        scale = max_side / max(img.shape[:2])
+        if scale < 1:
+            img = cv2.resize(img, (round(img.shape[1] * scale), round(img.shape[0] * scale)),
+                             interpolation=cv2.INTER_AREA)
+        mime, raw = "jpeg", cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
+    data = base64.b64encode(raw).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" style="max-width:{width}" src="data:image/{mime};base64,{data}">'
 
 
 def markdown_table_to_html(md: str) -> str:
@@ -155,7 +165,7 @@ def write_html_report(study: Study, path: Path, designs: list[str], table1_md: s
         for d in designs:
             overlay = study.out / "predictions" / d / f"{e.key}.overlay.png"
             if overlay.exists():
-                cells.append(f"<figure>{_img_tag(overlay, d, '360px')}<figcaption>{html.escape(DESIGNS[d][0])}"
+                cells.append(f"<figure>{_img_tag(overlay, d, '360px', max_side=720)}<figcaption>{html.escape(DESIGNS[d][0])}"
                              "</figcaption></figure>")
         if cells:
             parts.append(f"<h3>{html.escape(e.key)} (grade {e.grade})</h3><div class='row'>{''.join(cells)}</div>")
