@@ -90,7 +90,8 @@ def make_models(cache: Path, slide_path: Path) -> tuple[Path, Path]:
 def run_segment(slide: Path, patch: Path, refine: Path | None, out: Path, args: argparse.Namespace) -> dict:
     """``h2gnet segment`` in a child process; returns its summary plus wall time, CPU time and peak RSS."""
     cmd = [sys.executable, "-m", "h2gnet.cli", "-q", "segment", str(slide), "--patch-model", str(patch),
-           "-o", str(out), "--overwrite", "--device", args.device, "--batch-size", str(args.batch_size),
+           "-o", str(out), "--overwrite", "--device", args.device, "--precision", args.precision,
+           "--batch-size", str(args.batch_size),
            "--readers", str(args.readers)]
     cmd += ["--refine-model", str(refine)] if refine else ["--no-refine"]
     if args.threads:
@@ -111,7 +112,7 @@ def model_only(patch: Path, n: int, args: argparse.Namespace) -> float:
     """Seconds for the same model on ``n`` in-memory patches (same engine, threads, batch size)."""
     from h2gnet.inference import OnnxModel, default_threads
 
-    model = OnnxModel(patch, "patch-classifier", args.device, args.threads or default_threads())
+    model = OnnxModel(patch, "patch-classifier", args.device, args.threads or default_threads(), args.precision)
     rng = np.random.default_rng(0)
     batch = rng.random((args.batch_size, 3, 256, 256), dtype=np.float32)
     model(batch[:2])  # warm-up
@@ -130,7 +131,9 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=60_000)
     ap.add_argument("--mpp", type=float, default=0.25)
     ap.add_argument("--cache", type=Path, default=Path(".bench"))
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu", help="cpu (ONNX Runtime), openvino, cuda, tensorrt")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="OpenVINO precision")
+    ap.add_argument("--patch-model", type=Path, default=None, help="another patch model (e.g. int8)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--readers", type=int, default=2)
@@ -138,6 +141,7 @@ def main() -> None:
     args = ap.parse_args()
     slide = make_slide(args.cache, args.width, args.height, args.mpp)
     patch, refine = make_models(args.cache, slide)
+    patch = args.patch_model or patch
     s = run_segment(slide, patch, None if args.no_refine else refine, args.cache / "out", args)
     n = int(s["patches"])
     ceiling = model_only(patch, n, args)
@@ -158,6 +162,7 @@ def main() -> None:
                       "peak_rss_mb": round(s["peak_rss_mb"], 1), "fast_seconds": fast,
                       "ratio_to_model_only": round(s["wall"] / ceiling, 3), "stages": stages,
                       "cpu_over_wall": round(s["cpu"] / s["wall"], 2), "device": args.device,
+                      "engine": s.get("engine"), "precision": args.precision, "model": str(patch),
                       "threads": args.threads, "batch_size": args.batch_size}))
 
 

@@ -82,6 +82,16 @@ def tiny_slide(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:
     return slide, ann, tumour
 
 
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """One PyTorch intra-op thread for a module of tiny-tensor tests (as fast, and fair to other processes)."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def mini_cohort(tmp_path_factory) -> Path:
     """Four small annotated slides (train ×2, val, test) with a manifest and a patch index; returns the folder."""

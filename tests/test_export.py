@@ -27,13 +27,7 @@ from h2gnet.models.refinement import ARCHS, build_refiner  # noqa: E402
 TOLERANCE = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is as fast and does not fight other processes for the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def batches(channels: int, size: int, seed: int = 0, n: int = 3, batch: int = 4) -> list[torch.Tensor]:

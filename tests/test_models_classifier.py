@@ -24,13 +24,7 @@ from h2gnet.models.common import calibrate_batchnorm, keras_style_count, paramet
 RANDOM_INIT = "no ImageNet weights loaded.*random initialisation"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is as fast and does not fight other processes for the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def build(arch: str = "mobilenetv2", **kwargs) -> clf.PatchClassifier:

@@ -20,13 +20,7 @@ SMALL = (4, 8, 8, 16)
 PAPER_ARCHS = ("unet", "agunet", "dagunet", "doubleunet")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is as fast and does not fight other processes for the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def small(arch: str, **kwargs) -> ref.Refiner:

@@ -78,3 +78,18 @@ def test_refinement_training_and_export(mini_cohort: Path, patch_run: Path, tmp_
     assert model.in_channels == 4 and model.input_size == 128
     out = model(np.zeros((1, 4, 128, 128), np.float32))
     assert out.shape == (1, 2, 128, 128)
+
+
+def test_int8_quantisation_keeps_predictions_close(mini_cohort: Path, patch_run: Path, tmp_path: Path) -> None:
+    from h2gnet.quantize import quantize_patch_model
+
+    out = quantize_patch_model(patch_run / "model.onnx", tmp_path / "q.onnx", mini_cohort / "manifest.csv",
+                               mini_cohort / "index", n_patches=32)
+    q = OnnxModel(out, "patch-classifier")
+    f = OnnxModel(patch_run / "model.onnx", "patch-classifier")
+    assert q.metadata["precision"] == "int8" and q.input_size == f.input_size and q.mpp == f.mpp
+    from h2gnet.quantize import calibration_batches
+
+    x = calibration_batches(mini_cohort / "manifest.csv", mini_cohort / "index", 64, 16, seed=9)[0]
+    assert np.abs(q(x) - f(x)).max() < 0.2  # int8 rounding, not a different model
+    assert out.stat().st_size < (patch_run / "model.onnx").stat().st_size

@@ -111,7 +111,24 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from h2gnet.quantize import quantize_patch_model
+
+    out = quantize_patch_model(args.model, args.output, args.manifest, args.index, args.patches, args.seed)
+    print(f"int8 model: {out}")
+    return 0
+
+
 def _add_stage1(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("quantize", help="int8 patch classifier, calibrated on training patches (ONNX Runtime)")
+    p.add_argument("model", type=Path, help="float32 patch classifier (.onnx)")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--index", type=Path, required=True)
+    p.add_argument("-o", "--output", type=Path, required=True, help="int8 model (.onnx)")
+    p.add_argument("--patches", type=int, default=256, help="calibration patches")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_quantize)
+
     p = sub.add_parser("train-patch", help="train the patch classifier from raw slides (hierarchical sampling)")
     p.add_argument("manifest", type=Path)
     p.add_argument("--index", type=Path, required=True, help="patch index folder (from `h2gnet patches`)")
@@ -155,7 +172,7 @@ def _segment_config(args: argparse.Namespace, refine: Path | None):
     from h2gnet.segment import SegmentConfig
 
     return SegmentConfig(patch_model=args.patch_model, refine_model=refine,
-                         heatmap_dir=getattr(args, "heatmaps", None), device=args.device,
+                         heatmap_dir=getattr(args, "heatmaps", None), device=args.device, precision=args.precision,
                          threads=args.threads, batch_size=args.batch_size, readers=args.readers,
                          progress=not args.quiet)
 
@@ -226,7 +243,9 @@ def _add_inference_options(p: argparse.ArgumentParser, patch_required: bool = Tr
                    help="patch classifier (.onnx, from train-patch)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "tensorrt", "openvino", "auto"),
                    help="ONNX Runtime execution provider (default cpu)")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=None, help="inference threads (default: all cores)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="with --device openvino: bf16 lets OpenVINO compute in bfloat16 (int8: `h2gnet quantize`)")
     p.add_argument("--batch-size", type=int, default=16,
                    help="patches per inference batch (memory grows with it: ~25 MB per 256-px patch)")
     p.add_argument("--readers", type=int, default=2, help="patch-reading threads")

@@ -56,6 +56,7 @@ class SegmentConfig:
     heatmap_dir: Path | None = None
     device: str = "cpu"
     threads: int | None = None
+    precision: str = "fp32"
     batch_size: int = 16
     readers: int = 2
     min_tissue: float = MIN_TISSUE
@@ -75,10 +76,10 @@ class Models:
         threads = cfg.threads or default_threads()
         patch = None
         if cfg.patch_model is not None:
-            patch = OnnxModel(Path(cfg.patch_model), "patch-classifier", cfg.device, threads)
+            patch = OnnxModel(Path(cfg.patch_model), "patch-classifier", cfg.device, threads, cfg.precision)
         ref = None
         if cfg.refine_model is not None:
-            ref = OnnxModel(Path(cfg.refine_model), "refiner", cfg.device, threads)
+            ref = OnnxModel(Path(cfg.refine_model), "refiner", cfg.device, threads, cfg.precision)
             if ref.in_channels not in (3, 4):
                 raise H2GNetError(ref.path, f"takes {ref.in_channels} channels; a refiner takes 4 (RGB + heatmap) "
                                             "or 3 (UNet-LR)")
@@ -163,7 +164,8 @@ def segment_slide(slide: Slide | str | Path, out_dir: str | Path, models: Models
         "design": _design(models),
         "models": {name: {"path": str(m.path.resolve()), "sha256": m.sha256(), "arch": m.metadata.get("arch")}
                    for name, m in (("patch", models.patch), ("refine", models.refine)) if m is not None},
-        "device": cfg.device, "seconds": {k: round(v, 3) for k, v in timings.items()},
+        "device": cfg.device, "engine": models.patch.engine if models.patch else models.refine.engine,
+        "seconds": {k: round(v, 3) for k, v in timings.items()},
         "outputs": {k: p.name for k, p in paths.items()},
     }
     summary["seconds"]["total"] = round(sum(v for k, v in timings.items() if k != "inference"), 3)

@@ -1,0 +1,69 @@
+"""int8 patch classifiers: ONNX Runtime static quantisation calibrated on training patches.
+
+The float32 model is pre-processed (shape inference, fusions), then quantised
+to QDQ int8 (per-channel weights, uint8 activations) with activation ranges
+calibrated on patches drawn by the hierarchical sampler from the cohort's
+*training* slides. The result is an ordinary h2gnet ONNX model (same inputs,
+outputs and metadata, plus ``precision = int8``), so ``h2gnet segment`` runs it
+as it is. Needs the ``[train]`` extra (the ``onnx`` package).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from h2gnet.atomic import atomic_path
+from h2gnet.errors import H2GNetError
+from h2gnet.inference import OnnxModel
+from h2gnet.manifest import read_manifest, select
+from h2gnet.sampling import HierarchicalSampler, PatchReader, load_indexes, sample_stream
+
+
+def calibration_batches(manifest: str | Path, index_dir: str | Path, input_size: int, n_patches: int = 256,
+                        batch_size: int = 16, seed: int = 0) -> list[np.ndarray]:
+    """float32 NCHW [0, 1] batches of training patches, drawn by the hierarchical sampler."""
+    entries = [e for e in select(read_manifest(manifest), "train") if e.annotation is not None]
+    if not entries:
+        raise H2GNetError(manifest, "has no annotated training slides to calibrate on")
+    indexes = load_indexes(entries, index_dir)
+    stream = sample_stream(HierarchicalSampler(indexes), PatchReader(indexes, input_size), seed)
+    imgs = np.stack([next(stream)[0] for _ in range(n_patches)]).astype(np.float32) / 255.0
+    x = imgs.transpose(0, 3, 1, 2)
+    return [x[i:i + batch_size] for i in range(0, n_patches, batch_size)]
+
+
+def quantize_patch_model(model_path: str | Path, out_path: str | Path, manifest: str | Path,
+                         index_dir: str | Path, n_patches: int = 256, seed: int = 0) -> Path:
+    """Write an int8 version of a patch classifier; returns ``out_path``."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fp32 = OnnxModel(Path(model_path), "patch-classifier")
+    batches = calibration_batches(manifest, index_dir, fp32.input_size, n_patches, seed=seed)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(batches)
+
+        def get_next(self) -> dict | None:
+            batch = next(self._it, None)
+            return None if batch is None else {fp32.input_name: batch}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(model_path), str(pre))
+        q = Path(tmp) / "q.onnx"
+        quantize_static(str(pre), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        model = onnx.load(str(q))
+    meta = {**fp32.metadata, "precision": "int8", "calibration_patches": str(n_patches)}
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        model.metadata_props.add(key=key, value=str(value))
+    with atomic_path(out_path) as tmp_out:
+        onnx.save(model, str(tmp_out))
+    return Path(out_path)
