@@ -347,3 +347,15 @@ def test_make_cohort_writes_slides_annotations_and_manifest(tmp_path):
         assert gj["features"][0]["properties"]["classification"]["name"] == "Tumor"
     leftovers = [p.name for p in (tmp_path / "cohort").rglob("*") if p.name.startswith(".")]
     assert leftovers == []
+
+
+def test_make_cohort_resumes_without_rerendering(tmp_path) -> None:
+    from h2gnet.synth import make_cohort
+
+    manifest = make_cohort(tmp_path, n_slides=2, seed=4, width=1024, height=1024, progress=False, workers=1)
+    slides = sorted((tmp_path / "slides").glob("*.tiff"))
+    stamps = {p: p.stat().st_mtime_ns for p in slides}
+    slides[0].unlink()  # as if interrupted before this slide was written
+    make_cohort(tmp_path, n_slides=2, seed=4, width=1024, height=1024, progress=False, workers=1)
+    assert slides[0].exists() and slides[1].stat().st_mtime_ns == stamps[slides[1]]
+    assert manifest.exists()

@@ -120,15 +120,6 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def _add_stage1(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("quantize", help="int8 patch classifier, calibrated on training patches (ONNX Runtime)")
-    p.add_argument("model", type=Path, help="float32 patch classifier (.onnx)")
-    p.add_argument("manifest", type=Path)
-    p.add_argument("--index", type=Path, required=True)
-    p.add_argument("-o", "--output", type=Path, required=True, help="int8 model (.onnx)")
-    p.add_argument("--patches", type=int, default=256, help="calibration patches")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_cmd_quantize)
-
     p = sub.add_parser("train-patch", help="train the patch classifier from raw slides (hierarchical sampling)")
     p.add_argument("manifest", type=Path)
     p.add_argument("--index", type=Path, required=True, help="patch index folder (from `h2gnet patches`)")
@@ -165,6 +156,15 @@ def _add_stage1(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_cluster)
+
+    p = sub.add_parser("quantize", help="int8 patch classifier, calibrated on training patches (ONNX Runtime)")
+    p.add_argument("model", type=Path, help="float32 patch classifier (.onnx)")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--index", type=Path, required=True)
+    p.add_argument("-o", "--output", type=Path, required=True, help="int8 model (.onnx)")
+    p.add_argument("--patches", type=int, default=256, help="calibration patches")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_quantize)
 
 
 # -- stage 2 and inference ----------------------------------------------------------------
@@ -324,6 +324,15 @@ def _report_study(result: dict, out: Path) -> int:
 
 
 def _add_evaluation(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="per-slide recall/precision/Dice of predicted masks against annotations")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--predictions", type=Path, required=True, help="folder of NAME.mask.tiff from `segment`")
+    p.add_argument("-o", "--output", type=Path, required=True, help="folder for slides.csv, summary.md/json")
+    p.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
+    p.add_argument("--mpp", type=float, default=8.0, help="common resolution in µm/px (default 8)")
+    p.add_argument("--design", default=None, help="name of the design in the tables")
+    p.set_defaults(func=_cmd_evaluate)
+
     p = sub.add_parser("ablation", help="the paper's ablation study (designs I–IX) on a cohort, resumable")
     p.add_argument("-o", "--output", type=Path, required=True, help="study folder")
     p.add_argument("--config", type=Path, default=None,
@@ -335,14 +344,6 @@ def _add_evaluation(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, default=None, help="TOML config (default: the built-in demo config)")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("evaluate", help="per-slide recall/precision/Dice of predicted masks against annotations")
-    p.add_argument("manifest", type=Path)
-    p.add_argument("--predictions", type=Path, required=True, help="folder of NAME.mask.tiff from `segment`")
-    p.add_argument("-o", "--output", type=Path, required=True, help="folder for slides.csv, summary.md/json")
-    p.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
-    p.add_argument("--mpp", type=float, default=8.0, help="common resolution in µm/px (default 8)")
-    p.add_argument("--design", default=None, help="name of the design in the tables")
-    p.set_defaults(func=_cmd_evaluate)
 
 
 # -- parser ----------------------------------------------------------------------------
@@ -375,7 +376,9 @@ def _add_foundation(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="h2gnet", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="h2gnet", description="Breast-cancer tumour region segmentation in H&E whole-slide images "
+        "(H2G-Net cascade). Subcommands follow the pipeline; `h2gnet COMMAND --help` for each.")
     parser.add_argument("--version", action="version", version=f"h2gnet {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

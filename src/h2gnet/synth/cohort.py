@@ -193,7 +193,9 @@ def make_cohort(out_dir: str | Path, n_slides: int = 24, seed: int = 0, width: i
     ``manifest.csv``. ``width``/``height`` (level-0 px) and ``mpp`` (µm/px) apply
     to every slide when given. Same arguments, same bytes. Slides render in
     ``workers`` processes (default: one per CPU core); ``progress`` shows a
-    tqdm bar with rate and ETA.
+    tqdm bar with rate and ETA. Slides whose TIFF and GeoJSON already exist
+    (files appear atomically, and rendering is deterministic) are kept, so an
+    interrupted run resumes.
     """
     out_dir = Path(out_dir)
     plan = plan_cohort(n_slides, seed, width, height, mpp)
@@ -202,16 +204,18 @@ def make_cohort(out_dir: str | Path, n_slides: int = 24, seed: int = 0, width: i
             (out_dir / sub).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise H2GNetError(out_dir / sub, f"cannot create directory ({exc.strerror or exc})") from None
-    workers = max(1, min(workers or os.cpu_count() or 1, len(plan)))
-    with tqdm(total=len(plan), unit="slide", desc="synth", disable=not progress) as bar:
+    todo = [p for p in plan if not ((out_dir / p.slide_path).exists() and (out_dir / p.annotation_path).exists())]
+    workers = max(1, min(workers or os.cpu_count() or 1, max(1, len(todo))))
+    with tqdm(total=len(plan), initial=len(plan) - len(todo), unit="slide", desc="synth",
+              disable=not progress) as bar:
         if workers == 1:
-            for item in plan:
+            for item in todo:
                 render_cohort_slide(out_dir, item)
                 bar.update()
         else:
             ctx = multiprocessing.get_context("spawn")
             with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
-                futures = [pool.submit(render_cohort_slide, out_dir, item) for item in plan]
+                futures = [pool.submit(render_cohort_slide, out_dir, item) for item in todo]
                 for fut in cf.as_completed(futures):
                     fut.result()
                     bar.update()
