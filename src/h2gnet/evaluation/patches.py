@@ -25,12 +25,16 @@ def choose_patches(indexes: list[PatchIndex], per_class: int | None, seed: int) 
     return chosen
 
 
-def evaluate_patch_model(model_path: str | Path, indexes: list[PatchIndex], per_class: int | None = 200,
-                         seed: int = 0, batch_size: int = 32, progress: bool = True) -> dict:
-    """Balanced accuracy (mean of per-class recalls) and per-class accuracy at threshold 0.5."""
+def evaluate_patch_model(model_path: str | Path | OnnxModel, indexes: list[PatchIndex],
+                         per_class: int | None = 200, seed: int = 0, batch_size: int = 32,
+                         progress: bool = True) -> dict:
+    """Balanced accuracy (mean of per-class recalls) and per-class accuracy at threshold 0.5.
+
+    ``model_path``: an ONNX file (run by ONNX Runtime on the CPU) or a loaded :class:`OnnxModel`.
+    """
     from tqdm.auto import tqdm
 
-    model = OnnxModel(Path(model_path), "patch-classifier")
+    model = model_path if isinstance(model_path, OnnxModel) else OnnxModel(Path(model_path), "patch-classifier")
     pairs = choose_patches(indexes, per_class, seed)
     reader = PatchReader(indexes, model.input_size)
     labels = np.array([indexes[s].label[p] for s, p in pairs], dtype=np.int64)
