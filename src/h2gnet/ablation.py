@@ -161,21 +161,15 @@ def step_clusters(study: Study, manifest: Path, index: Path) -> Path:
 
 def step_heatmaps(study: Study, manifest: Path, model: Path, name: str) -> Path:
     """Heatmaps of every slide of the cohort (the refinement networks' input)."""
-    from h2gnet.heatmap import HEATMAP_SUFFIX, compute_heatmap, save_heatmap
+    from h2gnet.heatmap import heatmap_cohort
     from h2gnet.inference import OnnxModel
     from h2gnet.manifest import read_manifest
-    from h2gnet.slides import open_slide
-    from h2gnet.tissue import detect_tissue
 
     out = study.out / "heatmaps" / name
-    onnx = OnnxModel(model, "patch-classifier")
-    todo = [e for e in read_manifest(manifest) if not (out / f"{e.key}{HEATMAP_SUFFIX}").exists()]
-    if todo:
-        _log(study, f"heatmaps of {len(todo)} slide(s) with {name}")
-    for e in todo:
-        with open_slide(e.slide, e.mpp) as slide:
-            heat = compute_heatmap(slide, onnx, detect_tissue(slide), progress=study.progress)
-            save_heatmap(out / f"{e.key}{HEATMAP_SUFFIX}", heat, slide.dimensions, str(slide.path))
+    failures = heatmap_cohort(read_manifest(manifest), out, OnnxModel(model, "patch-classifier"),
+                              progress=study.progress)
+    if failures:
+        raise H2GNetError(None, f"heatmaps failed: {failures[0]}")
     return out
 
 

@@ -178,29 +178,17 @@ def _segment_config(args: argparse.Namespace, refine: Path | None):
 
 
 def _cmd_heatmap(args: argparse.Namespace) -> int:
-    from h2gnet.heatmap import HEATMAP_SUFFIX, compute_heatmap, save_heatmap
+    from h2gnet.heatmap import heatmap_cohort
     from h2gnet.manifest import read_manifest
     from h2gnet.segment import Models, check_writable
-    from h2gnet.slides import open_slide
-    from h2gnet.tissue import detect_tissue
 
     entries = read_manifest(args.manifest)
     check_writable(args.output)
     cfg = _segment_config(args, None)
-    models = Models.load(cfg)
-    failures = []
-    for e in entries:
-        target = args.output / f"{e.key}{HEATMAP_SUFFIX}"
-        if target.exists() and not args.overwrite:
-            continue
-        try:
-            with open_slide(e.slide, e.mpp) as slide:
-                heat = compute_heatmap(slide, models.patch, detect_tissue(slide), cfg.min_tissue, cfg.batch_size,
-                                       cfg.readers, cfg.progress)
-                save_heatmap(target, heat, slide.dimensions, str(slide.path))
-        except H2GNetError as exc:
-            failures.append(str(exc))
-            print(f"error: {exc}", file=sys.stderr)
+    failures = heatmap_cohort(entries, args.output, Models.load(cfg).patch, args.overwrite, cfg.min_tissue,
+                              cfg.batch_size, cfg.readers, cfg.progress)
+    for message in failures:
+        print(f"error: {message}", file=sys.stderr)
     print(f"heatmaps: {len(entries) - len(failures)} of {len(entries)} slide(s) in {args.output}")
     return 1 if failures else 0
 

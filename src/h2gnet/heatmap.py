@@ -98,6 +98,28 @@ def compute_heatmap(slide: Slide, model: OnnxModel, tissue: Raster, min_tissue: 
     return Raster(heat, grid.cell_mpp, slide.mpp)
 
 
+def heatmap_cohort(entries: list, out_dir: str | Path, model: OnnxModel, overwrite: bool = False,
+                   min_tissue: float = MIN_TISSUE, batch_size: int = 16, readers: int = 2,
+                   progress: bool = True) -> list[str]:
+    """Heatmaps of manifest ``entries`` into ``out_dir`` (``NAME.heatmap.tiff``); existing ones are kept
+    unless ``overwrite``. Returns the errors of slides that failed (the others are still done)."""
+    from h2gnet.slides import open_slide
+    from h2gnet.tissue import detect_tissue
+
+    failures = []
+    for e in entries:
+        target = Path(out_dir) / f"{e.key}{HEATMAP_SUFFIX}"
+        if target.exists() and not overwrite:
+            continue
+        try:
+            with open_slide(e.slide, e.mpp) as slide:
+                heat = compute_heatmap(slide, model, detect_tissue(slide), min_tissue, batch_size, readers, progress)
+                save_heatmap(target, heat, slide.dimensions, str(slide.path))
+        except H2GNetError as exc:
+            failures.append(str(exc))
+    return failures
+
+
 # -- storage ---------------------------------------------------------------------------
 def save_heatmap(path: str | Path, heatmap: Raster, extent_l0: tuple[int, int], slide: str = "") -> Path:
     """A float32 TIFF (one pixel per patch) with µm/px resolution tags and JSON metadata."""
