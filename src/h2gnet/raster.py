@@ -36,18 +36,12 @@ class Raster:
     def shape(self) -> tuple[int, int]:
         return int(self.array.shape[0]), int(self.array.shape[1])
 
-    def resized(self, shape: tuple[int, int], interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
-        """The array resized to ``shape`` (rows, cols) with an OpenCV interpolation flag."""
-        arr = self.array
-        if arr.dtype == bool:
-            arr = arr.astype(np.uint8)
-        return cv2.resize(arr, (shape[1], shape[0]), interpolation=interpolation)
-
     def to_mpp(self, mpp: float, extent_l0: tuple[int, int], interpolation: int | None = None) -> "Raster":
         """Resample to ``mpp`` µm/px covering a slide of ``extent_l0`` = (width, height) level-0 px.
 
-        Binary masks use nearest-neighbour when upsampling and area averaging
-        (then > 0.5) when downsampling; other arrays use area/linear.
+        Area averaging when downsampling, bilinear when upsampling (or the given
+        OpenCV ``interpolation``); boolean masks are interpolated as 0/1 and
+        thresholded at 0.5.
         """
         w0, h0 = extent_l0
         d = mpp / self.slide_mpp

@@ -238,10 +238,6 @@ class Slide:
         rows, cols = self.shape_at(mpp)
         return self.read_region((0, 0), (cols, rows), mpp)
 
-    def read_level(self, level: Level) -> np.ndarray:
-        """A whole pyramid level as RGB uint8, at its native resolution."""
-        return self.read_region((0, 0), level.dimensions, level.mpp)
-
     def _read_small(
         self, location: tuple[int, int], width: int, height: int, mpp: float, level: Level, scale: float
     ) -> np.ndarray:

@@ -8,7 +8,6 @@ fraction ≥ 0.5 when downsampling).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +101,3 @@ def write_evaluation(out_dir: str | Path, rows: list[dict], mpp: float) -> dict:
         write_tukey_csv(out / "tukey.csv", designs, p)
     return summaries
 
-
-def read_summary(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
