@@ -108,7 +108,8 @@ def step_cohort(study: Study) -> Path:
         _log(study, f"phantom cohort: {cohort.get('slides', 24)} slides")
         make_cohort(study.out / "cohort", n_slides=int(cohort.get("slides", 24)), seed=int(cohort.get("seed", 0)),
                     width=cohort.get("width"), height=cohort.get("height"), mpp=cohort.get("mpp"),
-                    progress=study.progress)
+                    progress=study.progress, val_fraction=float(cohort.get("val_fraction", 0.2)),
+                    test_fraction=float(cohort.get("test_fraction", 0.2)))
     return manifest
 
 

@@ -1,9 +1,10 @@
 """Stage-2 input and inference: low-resolution slide + heatmap → refined segmentation (section 2.5).
 
 The low-resolution image is the slide's smallest pyramid level of at least
-``size``×``size`` px (paper: 1024), normalised to [0, 1]; it and the heatmap
-are resized to ``size``×``size`` bilinearly and stacked as 4 channels
-(RGB + heatmap). The network's tumour probability is resized back to the
+``size``×``size`` px (paper: 1024), read at most ``MAX_OVERSAMPLE``× ``size``
+per side (area resampling) and kept as uint8 so memory does not grow with the
+slide; it and the heatmap are resized to ``size``×``size`` bilinearly,
+normalised to [0, 1] and stacked as 4 channels (RGB + heatmap). The network's tumour probability is resized back to the
 low-resolution image's grid (aspect preserved) and thresholded at 0.5.
 """
 
@@ -19,13 +20,14 @@ from h2gnet.raster import Raster
 from h2gnet.slides import Slide
 
 REFINE_SIZE = 1024
-#: The low-resolution image is read at most this many times larger than ``size`` per side.
-MAX_OVERSAMPLE = 4
+#: The low-resolution image is read at most this many times larger than ``size`` per side:
+#: bilinear resizing from 2× already sees every pixel, and a cap keeps memory flat for big slides.
+MAX_OVERSAMPLE = 2
 
 
 @dataclass(frozen=True)
 class LowRes:
-    """The slide at low resolution: RGB float32 [0, 1] on a grid of ``mpp`` µm/px."""
+    """The slide at low resolution: RGB uint8 on a grid of ``mpp`` µm/px."""
 
     image: np.ndarray
     mpp: float
@@ -33,18 +35,18 @@ class LowRes:
 
 
 def low_resolution(slide: Slide, size: int = REFINE_SIZE) -> LowRes:
-    """The smallest pyramid level with both sides ≥ ``size`` (bounded to 4×``size`` for slides
-    without such a level), as float32 RGB in [0, 1]."""
+    """The smallest pyramid level with both sides ≥ ``size`` px, read at no more than
+    :data:`MAX_OVERSAMPLE`×``size`` px on the long side, as uint8 RGB."""
     level = slide.smallest_level_at_least(size)
     cap_mpp = max(slide.extent_um()) / (MAX_OVERSAMPLE * size)
     mpp = max(level.mpp, cap_mpp)
     rgb = slide.read_whole(mpp)
-    return LowRes(rgb.astype(np.float32) / 255.0, mpp, slide.mpp)
+    return LowRes(np.ascontiguousarray(rgb, dtype=np.uint8), mpp, slide.mpp)
 
 
 def network_input(low: LowRes, heatmap: Raster | None, size: int = REFINE_SIZE) -> np.ndarray:
     """(C, size, size) float32: RGB, plus the heatmap channel when given (C = 4, else 3 for UNet-LR)."""
-    img = cv2.resize(low.image, (size, size), interpolation=cv2.INTER_LINEAR)
+    img = cv2.resize(low.image.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR) / np.float32(255)
     channels = [img.transpose(2, 0, 1)]
     if heatmap is not None:
         heat = cv2.resize(heatmap.array.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)

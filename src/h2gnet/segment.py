@@ -105,7 +105,7 @@ def check_writable(out_dir: Path) -> None:
 
 
 def _thumbnail(low_rgb: np.ndarray) -> np.ndarray:
-    img = np.clip(low_rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    img = low_rgb
     scale = OVERLAY_MAX_SIDE / max(img.shape[:2])
     if scale < 1:
         img = cv2.resize(img, (round(img.shape[1] * scale), round(img.shape[0] * scale)), interpolation=cv2.INTER_AREA)

@@ -27,6 +27,7 @@ import openslide
 from PIL import Image
 
 from h2gnet.errors import H2GNetError
+from h2gnet.tifftiles import open_tiff_tiles
 
 #: A level is used for a request when its µm/px is at most this factor above the request.
 LEVEL_TOLERANCE = 1.01
@@ -155,6 +156,7 @@ class Slide:
         )
         self._background = self._background_colour()
         self._ycbcr = _mislabelled_ycbcr(self.path, self.properties)
+        self._tiles = open_tiff_tiles(self.path, self._handle) if isinstance(self._handle, openslide.OpenSlide) else None
 
     # -- metadata -----------------------------------------------------------------
     def _resolve_mpp(self, override: float | None) -> float:
@@ -244,17 +246,28 @@ class Slide:
         src_w, src_h = width * scale, height * scale
         direct = abs(src_w - width) < 0.5 and abs(src_h - height) < 0.5
         read_w, read_h = (width, height) if direct else (max(1, math.ceil(src_w)), max(1, math.ceil(src_h)))
-        try:
-            region = self._handle.read_region((int(location[0]), int(location[1])), level.index, (read_w, read_h))
-        except openslide.OpenSlideError as exc:
-            raise H2GNetError(self.path, f"unreadable at level-0 ({location[0]}, {location[1]}): {exc}") from None
-        rgb = self._composite(np.asarray(region))
+        lx, ly = location[0] / level.downsample, location[1] / level.downsample
+        if self._tiles is not None and self._tiles.serves(level.index) and lx == int(lx) and ly == int(ly):
+            rgb = self._read_tiles(level.index, int(lx), int(ly), read_w, read_h)
+        else:
+            try:
+                region = self._handle.read_region((int(location[0]), int(location[1])), level.index, (read_w, read_h))
+            except openslide.OpenSlideError as exc:
+                raise H2GNetError(self.path, f"unreadable at level-0 ({location[0]}, {location[1]}): {exc}") from None
+            rgb = self._composite(np.asarray(region))
         if direct:
             return rgb
         import cv2  # local: keeps import time of the module small
 
         interp = cv2.INTER_AREA if scale >= 1.0 else cv2.INTER_LINEAR
         return cv2.resize(rgb, (width, height), interpolation=interp)
+
+    def _read_tiles(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        assert self._tiles is not None
+        try:
+            return self._tiles.read(level, x, y, width, height, self._background)
+        except Exception as exc:  # a corrupt tile: name the file, as OpenSlide's errors do
+            raise H2GNetError(self.path, f"unreadable tile at level {level} ({x}, {y}): {exc}") from None
 
     def _composite(self, rgba: np.ndarray) -> np.ndarray:
         """Blend RGBA (OpenSlide un-premultiplied) onto the background colour."""
@@ -276,6 +289,8 @@ class Slide:
 
     # -- lifecycle ----------------------------------------------------------------
     def close(self) -> None:
+        if self._tiles is not None:
+            self._tiles.close()
         self._handle.close()
 
     def __enter__(self) -> Slide:

@@ -94,19 +94,23 @@ def _quotas(counts: dict[int, int], total: int, rng: np.random.Generator) -> dic
     return out
 
 
-def assign_splits(grades: list[int], rng: np.random.Generator) -> list[str]:
-    """train / val / test per slide, about 60 / 20 / 20.
+def assign_splits(grades: list[int], rng: np.random.Generator, val_fraction: float = 0.2,
+                  test_fraction: float = 0.2) -> list[str]:
+    """train / val / test per slide, about 60 / 20 / 20 by default (fractions of the slides).
 
     With 9 or more slides the split is stratified by grade so every split holds
     every grade; with fewer, there is at least one train slide, and at least one
     test slide from 2 slides on (val from 3 on).
     """
+    if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
+        raise H2GNetError(None, f"val and test fractions must be ≥ 0 and leave training slides, "
+                                f"not {val_fraction} and {test_fraction}")
     n = len(grades)
     splits = ["train"] * n
     if n >= 9:
         counts = {g: grades.count(g) for g in sorted(set(grades))}
-        n_test = _quotas(counts, round(0.2 * n), rng)
-        n_val = _quotas(counts, round(0.2 * n), rng)
+        n_test = _quotas(counts, round(test_fraction * n), rng)
+        n_val = _quotas(counts, round(val_fraction * n), rng)
         for g in counts:
             idx = [i for i in range(n) if grades[i] == g]
             rng.shuffle(idx)
@@ -117,8 +121,8 @@ def assign_splits(grades: list[int], rng: np.random.Generator) -> list[str]:
         return splits
     idx = list(range(n))
     rng.shuffle(idx)
-    n_test = max(1, round(0.2 * n)) if n >= 2 else 0
-    n_val = max(1, round(0.2 * n)) if n >= 3 else 0
+    n_test = max(1, round(test_fraction * n)) if n >= 2 and test_fraction > 0 else 0
+    n_val = max(1, round(val_fraction * n)) if n >= 3 and val_fraction > 0 else 0
     for i in idx[:n_test]:
         splits[i] = "test"
     for i in idx[n_test : n_test + n_val]:
@@ -133,13 +137,15 @@ def _fit_pyramid(pyramid: tuple[int, ...], width: int, height: int) -> tuple[int
 
 
 def plan_cohort(n_slides: int, seed: int = 0, width: int | None = None, height: int | None = None,
-                mpp: float | None = None) -> list[CohortSlide]:
-    """The slides of a cohort (deterministic in ``seed``); see the module docstring for defaults."""
+                mpp: float | None = None, val_fraction: float = 0.2,
+                test_fraction: float = 0.2) -> list[CohortSlide]:
+    """The slides of a cohort (deterministic in ``seed``); see the module docstring for defaults.
+    ``val_fraction``/``test_fraction``: shares of the slides in those splits (per grade)."""
     if n_slides < 1:
         raise H2GNetError(None, f"a cohort needs at least one slide, not {n_slides}")
     rng = np.random.default_rng([seed & 0xFFFFFFFF, 0xC0407])
     grades = balanced_grades(n_slides, rng)
-    splits = assign_splits(grades, rng)
+    splits = assign_splits(grades, rng, val_fraction, test_fraction)
     plan = []
     for i in range(n_slides):
         layout_mpp, pyramid, factor = LAYOUTS[i % len(LAYOUTS)]
@@ -186,19 +192,20 @@ def _init_worker() -> None:
 
 def make_cohort(out_dir: str | Path, n_slides: int = 24, seed: int = 0, width: int | None = None,
                 height: int | None = None, mpp: float | None = None, progress: bool = True,
-                workers: int | None = None) -> Path:
+                workers: int | None = None, val_fraction: float = 0.2, test_fraction: float = 0.2) -> Path:
     """Generate a phantom cohort in ``out_dir`` and return the path of its ``manifest.csv``.
 
     Writes ``slides/<name>.tiff``, ``annotations/<name>.geojson`` and, last,
     ``manifest.csv``. ``width``/``height`` (level-0 px) and ``mpp`` (µm/px) apply
-    to every slide when given. Same arguments, same bytes. Slides render in
+    to every slide when given; ``val_fraction``/``test_fraction`` are the shares of
+    slides in those splits (stratified by grade). Same arguments, same bytes. Slides render in
     ``workers`` processes (default: one per CPU core); ``progress`` shows a
     tqdm bar with rate and ETA. Slides whose TIFF and GeoJSON already exist
     (files appear atomically, and rendering is deterministic) are kept, so an
     interrupted run resumes.
     """
     out_dir = Path(out_dir)
-    plan = plan_cohort(n_slides, seed, width, height, mpp)
+    plan = plan_cohort(n_slides, seed, width, height, mpp, val_fraction, test_fraction)
     for sub in ("slides", "annotations"):
         try:
             (out_dir / sub).mkdir(parents=True, exist_ok=True)
