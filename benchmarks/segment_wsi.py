@@ -87,6 +87,57 @@ def make_models(cache: Path, slide_path: Path) -> tuple[Path, Path]:
     return patch, refine
 
 
+def make_int8(cache: Path, patch: Path, slide_path: Path, calibration: str) -> Path:
+    """The patch model quantised to int8, calibrated on 256 tissue patches of the slide (cached)."""
+    out = cache / f"{patch.stem}.int8-{calibration}.onnx"
+    if out.exists():
+        return out
+    from h2gnet.quantize import quantize_onnx
+    from h2gnet.slides import open_slide
+
+    slide = open_slide(slide_path)
+    xs, ys = tissue_patches(slide)
+    pick = np.random.default_rng(1).choice(len(xs), 256, replace=False)
+    imgs = np.stack([slide.read_region((int(xs[i]), int(ys[i])), (256, 256), 1.0) for i in pick])
+    x = (imgs.astype(np.float32) / 255.0).transpose(0, 3, 1, 2)
+    return quantize_onnx(patch, out, [x[i:i + 16] for i in range(0, 256, 16)], calibration)
+
+
+def tissue_patches(slide) -> tuple[np.ndarray, np.ndarray]:
+    """Level-0 (x, y) of the slide's 256-px patches at 1 µm/px with > 25 % tissue, as ``segment`` picks them."""
+    from h2gnet.patches import MIN_TISSUE, PatchGrid, cell_fractions
+    from h2gnet.tissue import detect_tissue
+
+    grid = PatchGrid(slide.dimensions, slide.mpp, 256, 1.0)
+    rows, cols = np.nonzero(cell_fractions(detect_tissue(slide), grid) > MIN_TISSUE)
+    return grid.locations(rows, cols)
+
+
+def read_only(slide_path: Path, args: argparse.Namespace) -> tuple[float, float, int]:
+    """(wall s, CPU s, patches) to read the slide's tissue patches the way ``segment`` does, no model."""
+    from h2gnet.heatmap import _batches
+    from h2gnet.slides import open_slide
+
+    slide = open_slide(slide_path)
+    xs, ys = tissue_patches(slide)
+    c0, t0 = time.process_time(), time.perf_counter()
+    for _ in _batches(slide, xs, ys, 256, 1.0, args.batch_size, args.readers, max(2, 2 * args.readers)):
+        pass
+    return time.perf_counter() - t0, time.process_time() - c0, len(xs)
+
+
+def refine_only(refine: Path, args: argparse.Namespace) -> float:
+    """Seconds for one pass of the refiner on a 1024² input (same engine and threads)."""
+    from h2gnet.inference import OnnxModel, default_threads
+
+    model = OnnxModel(refine, "refiner", args.device, args.threads or default_threads(), args.precision)
+    x = np.random.default_rng(0).random((1, model.in_channels, model.input_size, model.input_size), dtype=np.float32)
+    model(x)  # warm-up
+    t0 = time.perf_counter()
+    model(x)
+    return time.perf_counter() - t0
+
+
 def run_segment(slide: Path, patch: Path, refine: Path | None, out: Path, args: argparse.Namespace) -> dict:
     """``h2gnet segment`` in a child process; returns its summary plus wall time, CPU time and peak RSS."""
     cmd = [sys.executable, "-m", "h2gnet.cli", "-q", "segment", str(slide), "--patch-model", str(patch),
@@ -133,7 +184,9 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path(".bench"))
     ap.add_argument("--device", default="cpu", help="cpu (ONNX Runtime), openvino, cuda, tensorrt")
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="OpenVINO precision")
-    ap.add_argument("--patch-model", type=Path, default=None, help="another patch model (e.g. int8)")
+    ap.add_argument("--patch-model", type=Path, default=None, help="another patch model")
+    ap.add_argument("--int8", choices=("minmax", "percentile"), default=None,
+                    help="quantise the patch model to int8 (calibrated on the slide's patches) and use it")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--readers", type=int, default=2)
@@ -142,9 +195,13 @@ def main() -> None:
     slide = make_slide(args.cache, args.width, args.height, args.mpp)
     patch, refine = make_models(args.cache, slide)
     patch = args.patch_model or patch
+    if args.int8:
+        patch = make_int8(args.cache, patch, slide, args.int8)
     s = run_segment(slide, patch, None if args.no_refine else refine, args.cache / "out", args)
     n = int(s["patches"])
     ceiling = model_only(patch, n, args)
+    read_wall, read_cpu, _ = read_only(slide, args)
+    refine_s = 0.0 if args.no_refine else refine_only(refine, args)
     fast = None
     try:
         import fast as _fast  # noqa: F401  (pyFAST)
@@ -158,12 +215,23 @@ def main() -> None:
           f"{s['peak_rss_mb']:.0f} MB")
     print(f"model only (same model, {n} in-memory patches): {ceiling:.1f} s ({n / ceiling:.0f} patches/s); "
           f"end-to-end / model-only = {s['wall'] / ceiling:.2f}")
+    heat = s["seconds"].get("heatmap", 0.0)
+    print(f"patch stage (read + classify) / model-only = {heat / ceiling:.2f}; reading the patches alone: "
+          f"{read_wall:.1f} s wall, {read_cpu:.1f} s CPU with {args.readers} reader threads")
+    rest = s["wall"] - sum(v for k, v in s["seconds"].items() if k not in ("inference", "total"))
+    print(f"beyond the patch model: refiner {refine_s:.1f} s (one 1024² pass), tissue "
+          f"{s['seconds'].get('tissue', 0):.1f} s, writing {s['seconds'].get('write', 0):.1f} s, process start "
+          f"and model loading {rest:.1f} s; lower bound for end to end on these cores ≈ model-only + refiner = "
+          f"{ceiling + refine_s:.1f} s (ratio {(ceiling + refine_s) / ceiling:.2f})")
     print(json.dumps({"seconds": round(s["wall"], 2), "model_only_seconds": round(ceiling, 2), "patches": n,
                       "peak_rss_mb": round(s["peak_rss_mb"], 1), "fast_seconds": fast,
                       "ratio_to_model_only": round(s["wall"] / ceiling, 3), "stages": stages,
                       "cpu_over_wall": round(s["cpu"] / s["wall"], 2), "device": args.device,
                       "engine": s.get("engine"), "precision": args.precision, "model": str(patch),
-                      "threads": args.threads, "batch_size": args.batch_size}))
+                      "threads": args.threads, "batch_size": args.batch_size,
+                      "patch_stage_ratio": round(heat / ceiling, 3), "read_only_seconds": round(read_wall, 2),
+                      "read_only_cpu_seconds": round(read_cpu, 2), "refine_only_seconds": round(refine_s, 2),
+                      "startup_seconds": round(rest, 2)}))
 
 
 if __name__ == "__main__":

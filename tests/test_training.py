@@ -80,14 +80,17 @@ def test_refinement_training_and_export(mini_cohort: Path, patch_run: Path, tmp_
     assert out.shape == (1, 2, 128, 128)
 
 
-def test_int8_quantisation_keeps_predictions_close(mini_cohort: Path, patch_run: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("calibration", ["minmax", "percentile"])
+def test_int8_quantisation_keeps_predictions_close(mini_cohort: Path, patch_run: Path, tmp_path: Path,
+                                                   calibration: str) -> None:
     from h2gnet.quantize import quantize_patch_model
 
     out = quantize_patch_model(patch_run / "model.onnx", tmp_path / "q.onnx", mini_cohort / "manifest.csv",
-                               mini_cohort / "index", n_patches=32)
+                               mini_cohort / "index", n_patches=32, calibration=calibration)
     q = OnnxModel(out, "patch-classifier")
     f = OnnxModel(patch_run / "model.onnx", "patch-classifier")
     assert q.metadata["precision"] == "int8" and q.input_size == f.input_size and q.mpp == f.mpp
+    assert q.metadata["calibration_method"] == calibration
     from h2gnet.quantize import calibration_batches
 
     x = calibration_batches(mini_cohort / "manifest.csv", mini_cohort / "index", 64, 16, seed=9)[0]

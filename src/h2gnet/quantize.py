@@ -36,14 +36,33 @@ def calibration_batches(manifest: str | Path, index_dir: str | Path, input_size:
 
 
 def quantize_patch_model(model_path: str | Path, out_path: str | Path, manifest: str | Path,
-                         index_dir: str | Path, n_patches: int = 256, seed: int = 0) -> Path:
-    """Write an int8 version of a patch classifier; returns ``out_path``."""
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+                         index_dir: str | Path, n_patches: int = 256, seed: int = 0,
+                         calibration: str = "minmax") -> Path:
+    """Write an int8 version of a patch classifier, calibrated on ``n_patches`` patches of the
+    manifest's training slides; returns ``out_path``.
 
+    ``calibration``: how activation ranges come from the calibration patches —
+    ``minmax`` (their extremes), ``entropy`` (KL divergence) or ``percentile`` (99.999th).
+    """
     fp32 = OnnxModel(Path(model_path), "patch-classifier")
     batches = calibration_batches(manifest, index_dir, fp32.input_size, n_patches, seed=seed)
+    return quantize_onnx(model_path, out_path, batches, calibration)
+
+
+def quantize_onnx(model_path: str | Path, out_path: str | Path, batches: list[np.ndarray],
+                  calibration: str = "minmax") -> Path:
+    """int8 QDQ version of an h2gnet patch classifier, calibrated on ``batches`` (float32 NCHW in
+    [0, 1]); the h2gnet metadata are kept, with ``precision = int8``. Returns ``out_path``."""
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    if calibration not in methods:
+        raise H2GNetError(None, f"unknown calibration method {calibration!r} (one of {', '.join(methods)})")
+    fp32 = OnnxModel(Path(model_path), "patch-classifier")
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -58,9 +77,12 @@ def quantize_patch_model(model_path: str | Path, out_path: str | Path, manifest:
         quant_pre_process(str(model_path), str(pre))
         q = Path(tmp) / "q.onnx"
         quantize_static(str(pre), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=methods[calibration])
         model = onnx.load(str(q))
-    meta = {**fp32.metadata, "precision": "int8", "calibration_patches": str(n_patches)}
+    n_patches = sum(len(b) for b in batches)
+    meta = {**fp32.metadata, "precision": "int8", "calibration_patches": str(n_patches),
+            "calibration_method": calibration}
     del model.metadata_props[:]
     for key, value in meta.items():
         model.metadata_props.add(key=key, value=str(value))
