@@ -23,7 +23,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from h2gnet.synth import make_cohort
 
     manifest = make_cohort(args.out_dir, n_slides=args.slides, seed=args.seed, width=args.width,
-                           height=args.height, mpp=args.mpp, progress=not args.quiet)
+                           height=args.height, mpp=args.mpp, progress=not args.quiet,
+                           val_fraction=args.val_fraction, test_fraction=args.test_fraction)
     print(f"phantom cohort: {manifest}")
     return 0
 
@@ -114,7 +115,8 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from h2gnet.quantize import quantize_patch_model
 
-    out = quantize_patch_model(args.model, args.output, args.manifest, args.index, args.patches, args.seed)
+    out = quantize_patch_model(args.model, args.output, args.manifest, args.index, args.patches, args.seed,
+                               args.calibration)
     print(f"int8 model: {out}")
     return 0
 
@@ -163,6 +165,9 @@ def _add_stage1(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index", type=Path, required=True)
     p.add_argument("-o", "--output", type=Path, required=True, help="int8 model (.onnx)")
     p.add_argument("--patches", type=int, default=256, help="calibration patches")
+    p.add_argument("--calibration", choices=("minmax", "entropy", "percentile"), default="minmax",
+                   help="activation ranges: min/max of the calibration patches (default), entropy (KL), "
+                        "or the 99.999th percentile")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_quantize)
 
@@ -343,6 +348,8 @@ def _add_foundation(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=int, default=None, help="slide width in level-0 px")
     p.add_argument("--height", type=int, default=None, help="slide height in level-0 px")
     p.add_argument("--mpp", type=float, default=None, help="level-0 µm/px of every slide (default: varied)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="share of slides in the val split (default 0.2)")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="share of slides in the test split (default 0.2)")
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("tissue", help="detect tissue on the ×1.25 plane (or Otsu's baseline)")
