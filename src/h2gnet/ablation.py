@@ -259,8 +259,9 @@ def evaluate_designs(study: Study, manifest: Path, designs: list[str]) -> list[d
 def write_results(study: Study, rows: list[dict], designs: list[str], timings: dict[str, float]) -> dict:
     """Table 1 (with the paper's numbers beside ours), Table 2, Tukey, box plot, Figure 4, HTML report."""
     from h2gnet.evaluation.metrics import summarise_designs, values_by_design
-    from h2gnet.evaluation.report import boxplot_png, format_mean_std, write_slides_csv
-    from h2gnet.evaluation.stats import tukey_table, write_tukey_csv, write_tukey_markdown
+    from h2gnet.evaluation.report import (boxplot_png, format_mean_std, write_slides_csv, write_summary_json,
+                                          write_summary_markdown)
+    from h2gnet.evaluation.stats import write_tukey
     from h2gnet.atomic import write_text
     from h2gnet.report import write_figure4, write_html_report
 
@@ -268,6 +269,8 @@ def write_results(study: Study, rows: list[dict], designs: list[str], timings: d
     res.mkdir(parents=True, exist_ok=True)
     summaries = summarise_designs(rows, by="grade")
     write_slides_csv(res / "slides.csv", rows)
+    write_summary_markdown(res / "summary.md", summaries)  # the same files as `h2gnet evaluate`
+    write_summary_json(res / "summary.json", summaries)
     labels = [DESIGNS[d][0] for d in designs]
     lines = ["| Design | Recall | Precision | Dice | Paper's Dice (BCS-1, n = 90) |", "|---|---|---|---|---|"]
     csv_lines = ["design,recall_mean,recall_std,precision_mean,precision_std,dice_mean,dice_std,n"]
@@ -291,14 +294,7 @@ def write_results(study: Study, rows: list[dict], designs: list[str], timings: d
     write_text(res / "table2.md", "\n".join(t2) + "\n")
     dice = values_by_design(rows)
     deep = {k: v for k, v in dice.items() if k != DESIGNS["otsu"][0]}
-    tukey = None
-    try:
-        names, p = tukey_table(deep)
-        write_tukey_markdown(res / "tukey.md", names, p)
-        write_tukey_csv(res / "tukey.csv", names, p)
-        tukey = {"designs": names, "p": p.tolist()}
-    except ValueError as exc:  # fewer than two designs or slides, or constant values
-        write_text(res / "tukey.md", f"Tukey's range test not computed: {exc}.\n")
+    tukey = write_tukey(res, deep)
     try:
         boxplot_png({k: dice[k] for k in labels}, res / "dice_boxplot.png", title="Per-slide Dice (test split)")
         write_figure4(study, res / "figure4.png", designs)

@@ -85,7 +85,7 @@ def write_evaluation(out_dir: str | Path, rows: list[dict], mpp: float) -> dict:
     """slides.csv, summary.md, summary.json (and Tukey tables when several designs) in ``out_dir``."""
     from h2gnet.evaluation.metrics import summarise_designs, values_by_design
     from h2gnet.evaluation.report import write_slides_csv, write_summary_json, write_summary_markdown
-    from h2gnet.evaluation.stats import tukey_table, write_tukey_csv, write_tukey_markdown
+    from h2gnet.evaluation.stats import write_tukey
 
     out = Path(out_dir)
     rows = [r if "design" in r else {"design": "prediction", **r} for r in rows]
@@ -95,9 +95,7 @@ def write_evaluation(out_dir: str | Path, rows: list[dict], mpp: float) -> dict:
     write_summary_json(out / "summary.json", summaries, extra={"mpp": mpp, "convention": "threshold 0.5; see "
                        "h2gnet.evaluation.metrics for empty-set rules"})
     dice = values_by_design(rows)
-    if len(dice) >= 2 and all(np.isfinite(v).sum() >= 2 for v in dice.values()):
-        designs, p = tukey_table(dice)
-        write_tukey_markdown(out / "tukey.md", designs, p)
-        write_tukey_csv(out / "tukey.csv", designs, p)
+    if len(dice) >= 2:
+        write_tukey(out, dice)
     return summaries
 

@@ -95,3 +95,18 @@ def write_tukey_csv(path: str | Path, designs: Sequence[str], pvalue: np.ndarray
     """Atomically write :func:`tukey_csv`; returns ``Path(path)``."""
     write_text(path, tukey_csv(designs, pvalue))
     return Path(path)
+
+
+def write_tukey(out_dir: str | Path, dice_by_design: Mapping[str, Sequence[float]]) -> dict | None:
+    """``tukey.md`` and ``tukey.csv`` in ``out_dir``; returns ``{"designs", "p"}``, or None when the
+    test cannot be computed (fewer than two designs or slides, constant values) — then ``tukey.md``
+    says why and no CSV is written."""
+    out = Path(out_dir)
+    try:
+        designs, p = tukey_table(dice_by_design)
+    except ValueError as exc:
+        write_text(out / "tukey.md", f"Tukey's range test not computed: {exc}.\n")
+        return None
+    write_tukey_markdown(out / "tukey.md", designs, p)
+    write_tukey_csv(out / "tukey.csv", designs, p)
+    return {"designs": designs, "p": p.tolist()}
