@@ -115,13 +115,13 @@ def tissue_patches(slide) -> tuple[np.ndarray, np.ndarray]:
 
 def read_only(slide_path: Path, args: argparse.Namespace) -> tuple[float, float, int]:
     """(wall s, CPU s, patches) to read the slide's tissue patches the way ``segment`` does, no model."""
-    from h2gnet.heatmap import _batches
+    from h2gnet.heatmap import patch_batches
     from h2gnet.slides import open_slide
 
     slide = open_slide(slide_path)
     xs, ys = tissue_patches(slide)
     c0, t0 = time.process_time(), time.perf_counter()
-    for _ in _batches(slide, xs, ys, 256, 1.0, args.batch_size, args.readers, max(2, 2 * args.readers)):
+    for _ in patch_batches(slide, xs, ys, 256, 1.0, args.batch_size, args.readers, max(2, 2 * args.readers)):
         pass
     return time.perf_counter() - t0, time.process_time() - c0, len(xs)
 

@@ -49,14 +49,22 @@ def _read_batch(slide: Slide, xs: np.ndarray, ys: np.ndarray, size: int, mpp: fl
     return batch
 
 
-def _batches(slide: Slide, xs: np.ndarray, ys: np.ndarray, size: int, mpp: float, batch_size: int,
+def _read_input_batch(slide: Slide, xs: np.ndarray, ys: np.ndarray, size: int, mpp: float) -> np.ndarray:
+    """float32 NCHW in [0, 1], the network's input, made on the reader thread (off the inference loop)."""
+    batch = _read_batch(slide, xs, ys, size, mpp)
+    out = np.empty((len(xs), 3, size, size), np.float32)
+    np.multiply(batch.transpose(0, 3, 1, 2), np.float32(1.0 / 255.0), out=out)
+    return out
+
+
+def patch_batches(slide: Slide, xs: np.ndarray, ys: np.ndarray, size: int, mpp: float, batch_size: int,
              readers: int, prefetch: int) -> Iterator[tuple[int, np.ndarray]]:
-    """(start, uint8 NHWC batch) in order, read ``prefetch`` batches ahead on ``readers`` threads."""
+    """(start, float32 NCHW [0, 1] batch) in order, read ``prefetch`` batches ahead on ``readers`` threads."""
     starts = list(range(0, len(xs), batch_size))
     with ThreadPoolExecutor(max(1, readers)) as pool:
         pending: deque = deque()
         for start in starts:
-            pending.append((start, pool.submit(_read_batch, slide, xs[start:start + batch_size],
+            pending.append((start, pool.submit(_read_input_batch, slide, xs[start:start + batch_size],
                                                ys[start:start + batch_size], size, mpp)))
             if len(pending) > prefetch:
                 s, fut = pending.popleft()
@@ -83,10 +91,10 @@ def compute_heatmap(slide: Slide, model: OnnxModel, tissue: Raster, min_tissue: 
     tumour_col = model.classes.index("tumour") if "tumour" in model.classes else -1
     t_infer = 0.0
     with tqdm(total=len(rows), desc=f"heatmap {slide.name}", unit="patch", disable=not progress) as bar:
-        for start, batch in _batches(slide, xs, ys, model.input_size, model.mpp, batch_size, readers,
+        for start, batch in patch_batches(slide, xs, ys, model.input_size, model.mpp, batch_size, readers,
                                      prefetch=max(2, readers * 2)):
             t1 = time.perf_counter()
-            probs = model(batch.transpose(0, 3, 1, 2).astype(np.float32) * (1.0 / 255.0))
+            probs = model(batch)
             t_infer += time.perf_counter() - t1
             sel = slice(start, start + len(batch))
             heat[rows[sel], cols[sel]] = probs[:, tumour_col]
