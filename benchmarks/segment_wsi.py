@@ -12,7 +12,10 @@ everywhere); and a U-Net refiner. Then it times, in a child process,
 ``h2gnet segment`` per stage with patches/s and peak RSS, and in this process
 the model-only ceiling: the same ONNX model on the same number of in-memory
 patches, same engine, threads and batch size. When pyFAST is installed it
-would also run FAST (not available here: ``fast_seconds`` is null).
+exports the same fp32 models with ``h2gnet export-fast`` and runs FAST's
+pipeline on the same slide (after a warm-up run that compiles its OpenCL
+kernels), printing h2gnet / FAST and the Dice between the two final masks;
+otherwise ``fast_seconds`` is null.
 
 The last line printed is a JSON object with at least ``seconds``,
 ``model_only_seconds``, ``patches``, ``peak_rss_mb`` and ``fast_seconds``.
@@ -138,6 +141,28 @@ def refine_only(refine: Path, args: argparse.Namespace) -> float:
     return time.perf_counter() - t0
 
 
+def run_fast(slide: Path, patch: Path, refine: Path | None, cache: Path, h2gnet_out: Path) -> dict | None:
+    """FAST's run of the exported pipeline on the slide (None without pyFAST): child-process wall time,
+    pipeline time, and the Dice of its final mask against h2gnet's at 8 µm/px."""
+    from h2gnet.fastpathology import export_fast, fast_available, mask_dice, run_fast_pipeline, segmentation_raster
+
+    if not fast_available():
+        return None
+    from fast_run import warmup_slide  # benchmarks/fast_run.py
+
+    from h2gnet.evaluation.predictions import load_mask_tiff
+
+    out = cache / "fast"
+    fpl = export_fast(patch, refine, out / "pipeline")
+    home = out / "fast-home"
+    run_fast_pipeline(fpl, warmup_slide(out), out / "warmup", fast_home=home, timeout=600)
+    r = run_fast_pipeline(fpl, slide, out / "run", fast_home=home, timeout=1800)
+    summary = json.loads((h2gnet_out / f"{slide.stem}.json").read_text())
+    ours = load_mask_tiff(h2gnet_out / f"{slide.stem}.mask.tiff", float(summary["slide_mpp"]))
+    dice = mask_dice(segmentation_raster(r, 8.0), ours, tuple(summary["dimensions_l0"]))
+    return {"process_seconds": r["process_seconds"], "seconds": r["seconds"], "dice_vs_h2gnet": dice}
+
+
 def run_segment(slide: Path, patch: Path, refine: Path | None, out: Path, args: argparse.Namespace) -> dict:
     """``h2gnet segment`` in a child process; returns its summary plus wall time, CPU time and peak RSS."""
     cmd = [sys.executable, "-m", "h2gnet.cli", "-q", "segment", str(slide), "--patch-model", str(patch),
@@ -191,6 +216,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--readers", type=int, default=2)
     ap.add_argument("--no-refine", action="store_true")
+    ap.add_argument("--no-fast", action="store_true", help="skip the FAST run even when pyFAST is installed")
     args = ap.parse_args()
     slide = make_slide(args.cache, args.width, args.height, args.mpp)
     patch, refine = make_models(args.cache, slide)
@@ -202,12 +228,10 @@ def main() -> None:
     ceiling = model_only(patch, n, args)
     read_wall, read_cpu, _ = read_only(slide, args)
     refine_s = 0.0 if args.no_refine else refine_only(refine, args)
-    fast = None
-    try:
-        import fast as _fast  # noqa: F401  (pyFAST)
-        print("pyFAST is installed, but this benchmark's FAST run is not implemented yet", file=sys.stderr)
-    except ImportError:
-        pass
+    fp32_patch = make_models(args.cache, slide)[0]
+    ref = None if args.no_refine else refine
+    fast_run = None if args.no_fast else run_fast(slide, fp32_patch, ref, args.cache, args.cache / "out")
+    fast = None if fast_run is None else round(fast_run["process_seconds"], 2)
     stages = {k: round(v, 2) for k, v in s["seconds"].items()}
     print(f"slide {args.width}×{args.height} px at {args.mpp} µm/px, {n} patches of 256×256 at 1 µm/px")
     print(f"segment end to end: {s['wall']:.1f} s wall ({n / s['wall']:.0f} patches/s), stages {stages}")
@@ -223,6 +247,12 @@ def main() -> None:
           f"{s['seconds'].get('tissue', 0):.1f} s, writing {s['seconds'].get('write', 0):.1f} s, process start "
           f"and model loading {rest:.1f} s; lower bound for end to end on these cores ≈ model-only + refiner = "
           f"{ceiling + refine_s:.1f} s (ratio {(ceiling + refine_s) / ceiling:.2f})")
+    if fast_run is not None:
+        print(f"FAST (pyFAST, same fp32 models, exported pipeline): {fast_run['process_seconds']:.1f} s wall "
+              f"({fast_run['seconds']:.1f} s pipeline); h2gnet / FAST = {s['wall'] / fast_run['process_seconds']:.2f}; "
+              f"Dice of the two final masks {fast_run['dice_vs_h2gnet']:.3f}")
+    else:
+        print("FAST: not run (pyFAST not installed, or --no-fast)")
     print(json.dumps({"seconds": round(s["wall"], 2), "model_only_seconds": round(ceiling, 2), "patches": n,
                       "peak_rss_mb": round(s["peak_rss_mb"], 1), "fast_seconds": fast,
                       "ratio_to_model_only": round(s["wall"] / ceiling, 3), "stages": stages,
@@ -231,7 +261,9 @@ def main() -> None:
                       "threads": args.threads, "batch_size": args.batch_size,
                       "patch_stage_ratio": round(heat / ceiling, 3), "read_only_seconds": round(read_wall, 2),
                       "read_only_cpu_seconds": round(read_cpu, 2), "refine_only_seconds": round(refine_s, 2),
-                      "startup_seconds": round(rest, 2)}))
+                      "startup_seconds": round(rest, 2),
+                      "fast_pipeline_seconds": None if fast_run is None else round(fast_run["seconds"], 2),
+                      "fast_dice_vs_h2gnet": None if fast_run is None else round(fast_run["dice_vs_h2gnet"], 4)}))
 
 
 if __name__ == "__main__":

@@ -280,6 +280,31 @@ def _add_stage2(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_segment)
 
 
+# -- FAST / FastPathology export --------------------------------------------------------------
+def _cmd_export_fast(args: argparse.Namespace) -> int:
+    from h2gnet.fastpathology import export_fast, split_models
+
+    patch, refine = split_models(args.runs)
+    fpl = export_fast(patch, refine, args.output, tissue_threshold=args.tissue_threshold,
+                      inference_engine=args.inference_engine)
+    models = "patch.onnx" + (" + refine.onnx" if refine is not None else "")
+    print(f"FAST pipeline: {fpl} ({models}); run it with h2gnet.fastpathology.run_fast_pipeline or FastPathology")
+    return 0
+
+
+def _add_export_fast(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export-fast", help="export trained models as a FAST / FastPathology pipeline (.fpl)")
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIRS",
+                   help="patch-classifier run (and optionally a refiner run): run folders or .onnx files, any order")
+    p.add_argument("-o", "--output", type=Path, required=True, help="folder for h2gnet.fpl and the models")
+    p.add_argument("--tissue-threshold", type=int, default=70,
+                   help="FAST tissue threshold: RGB distance from white, 0-255 scale (default 70)")
+    p.add_argument("--inference-engine", default=None,
+                   help="FAST inference engine to name in the pipeline (e.g. OpenVINO, ONNXRuntime, TensorRT); "
+                        "default: FAST's choice")
+    p.set_defaults(func=_cmd_export_fast)
+
+
 # -- evaluation ----------------------------------------------------------------------------
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from h2gnet.evaluation.predictions import evaluate_predictions, write_evaluation
@@ -380,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_foundation(sub)
     _add_stage1(sub)
     _add_stage2(sub)
+    _add_export_fast(sub)
     _add_evaluation(sub)
     for sub_parser in sub.choices.values():  # -q works before or after the subcommand
         sub_parser.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
