@@ -90,6 +90,10 @@ class OnnxModel:
         if self.threads:
             opts.intra_op_num_threads = int(self.threads)
         opts.log_severity_level = 3
+        if self.device == "cpu":
+            # no busy-waiting between parallel sections: the patch readers share the cores
+            # (benchmark: heatmap of 510 patches 3.69 s vs 3.79 s with spinning)
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=choose_providers(self.device))
         except H2GNetError:
