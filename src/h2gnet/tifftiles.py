@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,8 @@ MAX_MEAN_DIFF = 0.5
 class _Page:
     """One TIFF page serving one OpenSlide level."""
 
-    page: Any  # tifffile.TiffPage (kept for its decode function)
+    decode: Any  # tifffile's decode function of the page (works after the file is closed)
+    jpegtables: bytes | None
     width: int
     height: int
     tile_w: int
@@ -59,23 +61,26 @@ class TiffTiles:
     def __init__(self, path: Path, handle: Any, levels: list[tuple[int, int]], downsamples: list[float]) -> None:
         import tifffile
 
-        self._tif = tifffile.TiffFile(str(path))
         self._fd = os.open(str(path), os.O_RDONLY)
+        self._closer = weakref.finalize(self, os.close, self._fd)  # also when the slide is never closed
         self._cache: OrderedDict[tuple[int, int], np.ndarray | None] = OrderedDict()
         self._cached_bytes = 0
         self._lock = threading.Lock()
         self._pages: dict[int, _Page] = {}
         props = handle.properties
-        for index, (w, h) in enumerate(levels):
-            tw = int(props.get(f"openslide.level[{index}].tile-width", 0) or 0)
-            th = int(props.get(f"openslide.level[{index}].tile-height", 0) or 0)
-            page = self._match(w, h, tw, th)
-            if page is not None and self._agrees(index, page, handle, downsamples[index]):
-                self._pages[index] = page
+        with tifffile.TiffFile(str(path)) as tif:  # parsed once; tiles are read with os.pread
+            pages = list(tif.pages)
+            for index, (w, h) in enumerate(levels):
+                tw = int(props.get(f"openslide.level[{index}].tile-width", 0) or 0)
+                th = int(props.get(f"openslide.level[{index}].tile-height", 0) or 0)
+                page = self._match(pages, w, h, tw, th)
+                if page is not None and self._agrees(index, page, handle, downsamples[index]):
+                    self._pages[index] = page
 
-    def _match(self, w: int, h: int, tw: int, th: int) -> _Page | None:
+    @staticmethod
+    def _match(pages: list, w: int, h: int, tw: int, th: int) -> _Page | None:
         found = [
-            p for p in self._tif.pages
+            p for p in pages
             if getattr(p, "is_tiled", False) and p.imagewidth == w and p.imagelength == h
             and p.tilewidth == tw and p.tilelength == th and p.samplesperpixel == 3
             and p.bitspersample == 8 and p.planarconfig == 1 and p.imagedepth == 1
@@ -83,7 +88,8 @@ class TiffTiles:
         if len(found) != 1:
             return None
         p = found[0]
-        return _Page(p, w, h, tw, th, -(-w // tw), np.asarray(p.dataoffsets), np.asarray(p.databytecounts))
+        return _Page(p.decode, p.jpegtables, w, h, tw, th, -(-w // tw), np.asarray(p.dataoffsets),
+                     np.asarray(p.databytecounts))
 
     def _agrees(self, index: int, page: _Page, handle: Any, downsample: float) -> bool:
         """Our decode of the level's largest tile equals OpenSlide's read of it."""
@@ -112,7 +118,7 @@ class TiffTiles:
         if count == 0:
             return None
         data = os.pread(self._fd, count, int(page.offsets[tile]))
-        segment = page.page.decode(data, tile, jpegtables=page.page.jpegtables)[0]
+        segment = page.decode(data, tile, jpegtables=page.jpegtables)[0]
         return None if segment is None else segment.reshape(page.tile_h, page.tile_w, 3)
 
     def _tile(self, level: int, page: _Page, tile: int) -> np.ndarray | None:
@@ -154,12 +160,8 @@ class TiffTiles:
         return out
 
     def close(self) -> None:
-        """Release the file handles."""
-        try:
-            os.close(self._fd)
-        except OSError:
-            pass
-        self._tif.close()
+        """Release the file handle."""
+        self._closer()
 
 
 def open_tiff_tiles(path: Path, handle: Any) -> TiffTiles | None:
