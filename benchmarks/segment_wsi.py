@@ -108,12 +108,12 @@ def make_int8(cache: Path, patch: Path, slide_path: Path, calibration: str) -> P
 
 def tissue_patches(slide) -> tuple[np.ndarray, np.ndarray]:
     """Level-0 (x, y) of the slide's 256-px patches at 1 µm/px with > 25 % tissue, as ``segment`` picks them."""
-    from h2gnet.patches import MIN_TISSUE, PatchGrid, cell_fractions
+    from h2gnet import heatmap
+    from h2gnet.patches import PatchGrid
     from h2gnet.tissue import detect_tissue
 
     grid = PatchGrid(slide.dimensions, slide.mpp, 256, 1.0)
-    rows, cols = np.nonzero(cell_fractions(detect_tissue(slide), grid) > MIN_TISSUE)
-    return grid.locations(rows, cols)
+    return heatmap.tissue_patches(grid, detect_tissue(slide))[2:]
 
 
 def read_only(slide_path: Path, args: argparse.Namespace) -> tuple[float, float, int]:

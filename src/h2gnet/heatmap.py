@@ -42,16 +42,19 @@ def patch_grid_for(slide: Slide, model: OnnxModel) -> PatchGrid:
     return PatchGrid(slide.dimensions, slide.mpp, model.input_size, model.mpp)
 
 
-def _read_batch(slide: Slide, xs: np.ndarray, ys: np.ndarray, size: int, mpp: float) -> np.ndarray:
-    batch = np.empty((len(xs), size, size, 3), np.uint8)
-    for i, (x, y) in enumerate(zip(xs, ys)):
-        batch[i] = slide.read_region((int(x), int(y)), (size, size), mpp)
-    return batch
+def tissue_patches(grid: PatchGrid, tissue: Raster, min_tissue: float = MIN_TISSUE) -> tuple[np.ndarray, ...]:
+    """(rows, cols, xs, ys) of the grid cells with more than ``min_tissue`` tissue (fraction);
+    xs, ys are level-0 px. These are the patches a heatmap classifies."""
+    rows, cols = np.nonzero(cell_fractions(tissue, grid) > min_tissue)
+    xs, ys = grid.locations(rows, cols)
+    return rows, cols, xs, ys
 
 
 def _read_input_batch(slide: Slide, xs: np.ndarray, ys: np.ndarray, size: int, mpp: float) -> np.ndarray:
     """float32 NCHW in [0, 1], the network's input, made on the reader thread (off the inference loop)."""
-    batch = _read_batch(slide, xs, ys, size, mpp)
+    batch = np.empty((len(xs), size, size, 3), np.uint8)
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        batch[i] = slide.read_region((int(x), int(y)), (size, size), mpp)
     out = np.empty((len(xs), 3, size, size), np.float32)
     np.multiply(batch.transpose(0, 3, 1, 2), np.float32(1.0 / 255.0), out=out)
     return out
@@ -82,9 +85,7 @@ def compute_heatmap(slide: Slide, model: OnnxModel, tissue: Raster, min_tissue: 
 
     grid = patch_grid_for(slide, model)
     t0 = time.perf_counter()
-    frac = cell_fractions(tissue, grid)
-    rows, cols = np.nonzero(frac > min_tissue)
-    xs, ys = grid.locations(rows, cols)
+    rows, cols, xs, ys = tissue_patches(grid, tissue, min_tissue)
     heat = np.zeros(grid.shape, np.float32)
     if len(rows) == 0:
         raise H2GNetError(slide.path, f"no patch has more than {min_tissue:.0%} tissue; nothing to classify")

@@ -40,8 +40,7 @@ def low_resolution(slide: Slide, size: int = REFINE_SIZE) -> LowRes:
     level = slide.smallest_level_at_least(size)
     cap_mpp = max(slide.extent_um()) / (MAX_OVERSAMPLE * size)
     mpp = max(level.mpp, cap_mpp)
-    rgb = slide.read_whole(mpp)
-    return LowRes(np.ascontiguousarray(rgb, dtype=np.uint8), mpp, slide.mpp)
+    return LowRes(slide.read_whole(mpp), mpp, slide.mpp)
 
 
 def network_input(low: LowRes, heatmap: Raster | None, size: int = REFINE_SIZE) -> np.ndarray:

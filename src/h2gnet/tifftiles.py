@@ -142,9 +142,10 @@ class TiffTiles:
         outside the image (and in empty tiles) the ``background`` colour."""
         page = self._pages[level]
         out = np.empty((height, width, 3), np.uint8)
-        out[:] = background
         x0, y0 = max(x, 0), max(y, 0)
         x1, y1 = min(x + width, page.width), min(y + height, page.height)
+        if (x0, y0, x1, y1) != (x, y, x + width, y + height):  # overhangs the image: background there
+            out[:] = background
         if x0 >= x1 or y0 >= y1:
             return out
         for row in range(y0 // page.tile_h, (y1 - 1) // page.tile_h + 1):
@@ -152,10 +153,11 @@ class TiffTiles:
             for col in range(x0 // page.tile_w, (x1 - 1) // page.tile_w + 1):
                 tx = col * page.tile_w
                 arr = self._tile(level, page, row * page.tiles_across + col)
-                if arr is None:
-                    continue
                 sx0, sy0 = max(x0, tx), max(y0, ty)
                 sx1, sy1 = min(x1, tx + page.tile_w), min(y1, ty + page.tile_h)
+                if arr is None:  # an empty tile reads as background
+                    out[sy0 - y : sy1 - y, sx0 - x : sx1 - x] = background
+                    continue
                 out[sy0 - y : sy1 - y, sx0 - x : sx1 - x] = arr[sy0 - ty : sy1 - ty, sx0 - tx : sx1 - tx]
         return out
 
