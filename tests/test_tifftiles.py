@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -93,3 +94,30 @@ def test_corrupt_tile_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(H2GNetError) as err:
         slide.read_region((col * 256, row * 256), (256, 256), 0.5)
     assert "bad.tiff" in str(err.value)
+
+
+def test_large_reduced_reads_are_area_resampled_from_the_tiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cv2
+
+    img, _ = phantom_image(4000, 3000, seed=6)
+    slide = open_slide(write_pyramid_tiff(tmp_path / "s.tiff", img, 0.5, (1,), tile=256))
+    level0 = slide._tiles.read(0, 0, 0, 4000, 3000, slide._background)
+
+    def no_openslide(*args: object) -> None:
+        raise AssertionError("a large read on the level's grid must not go through OpenSlide")
+
+    monkeypatch.setattr(slide._handle, "read_region", no_openslide)
+    for factor, tolerance in ((2.0, 0.0), (1.5, 0.0), (2.5, 2.0)):
+        got = slide.read_whole(0.5 * factor)
+        rows, cols = slide.shape_at(0.5 * factor)
+        assert got.shape == (rows, cols, 3)
+        # one-step area resampling of whole source px, as a small read does (background beyond the image)
+        src = np.empty((math.ceil(rows * factor), math.ceil(cols * factor), 3), np.uint8)
+        src[:] = slide._background
+        src[:3000, :4000] = level0[: src.shape[0], : src.shape[1]]
+        want = cv2.resize(src, (cols, rows), interpolation=cv2.INTER_AREA)
+        diff = np.abs(got.astype(np.int16) - want)
+        assert diff.mean() <= tolerance and (tolerance > 0 or diff.max() == 0), (factor, diff.mean(), diff.max())
+    # a read overhanging the slide is background there
+    far = slide.read_region((3000, 2000), (1000, 1000), 1.5)
+    assert far.shape == (1000, 1000, 3) and (far[-50:, -50:] == slide._background).all()

@@ -19,9 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from h2gnet import __version__
 from h2gnet.atomic import atomic_path
@@ -90,8 +89,8 @@ def cell_fractions(mask: Raster, grid: PatchGrid) -> np.ndarray:
     padded = np.zeros((int(ys[-1]), int(xs[-1])), dtype=np.uint8)
     src = mask.array[: padded.shape[0], : padded.shape[1]]
     padded[: src.shape[0], : src.shape[1]] = src
-    integral = np.zeros((padded.shape[0] + 1, padded.shape[1] + 1), dtype=np.int64)
-    integral[1:, 1:] = padded.astype(np.int64).cumsum(0).cumsum(1)
+    # OpenCV's integral image (float64: exact far beyond any slide's pixel count); ~10× numpy's cumsums
+    integral = cv2.integral(padded, sdepth=cv2.CV_64F)
     total = integral[ys[1:]][:, xs[1:]] - integral[ys[:-1]][:, xs[1:]] - integral[ys[1:]][:, xs[:-1]] + integral[
         ys[:-1]
     ][:, xs[:-1]]
@@ -143,6 +142,9 @@ class PatchIndex:
 
     def save(self, path: str | Path) -> None:
         """Write as Parquet (atomically), metadata in the schema."""
+        import pyarrow as pa  # local: segmenting never needs it (import time)
+        import pyarrow.parquet as pq
+
         table = pa.table({c: getattr(self, c) for c in self.COLUMNS})
         table = table.replace_schema_metadata({"h2gnet": json.dumps(self.metadata())})
         with atomic_path(path) as tmp:
@@ -150,6 +152,9 @@ class PatchIndex:
 
     @classmethod
     def load(cls, path: str | Path) -> PatchIndex:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         path = Path(path)
         try:
             table = pq.read_table(path)

@@ -21,6 +21,7 @@ import io
 import json
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,17 +130,20 @@ def segment_slide(slide: Slide | str | Path, out_dir: str | Path, models: Models
     timings["tissue"] = time.perf_counter() - t
     stats = HeatmapStats()
     heat = None
-    if models.patch is not None:
-        cached = Path(cfg.heatmap_dir) / f"{slide.name}{HEATMAP_SUFFIX}" if cfg.heatmap_dir else None
-        if cached is not None and cached.exists():
-            heat, _ = load_heatmap(cached)
-        else:
-            heat = compute_heatmap(slide, models.patch, tissue, cfg.min_tissue, cfg.batch_size, cfg.readers,
-                                   cfg.progress, stats)
-        timings.update(stats.seconds)
-    t = time.perf_counter()
     size = (models.refine.input_size or REFINE_SIZE) if models.refine else REFINE_SIZE
-    low = low_resolution(slide, size)
+    with ThreadPoolExecutor(1) as pool:
+        # the low-resolution image does not depend on the heatmap: read it while the patches run
+        low_future = pool.submit(low_resolution, slide, size)
+        if models.patch is not None:
+            cached = Path(cfg.heatmap_dir) / f"{slide.name}{HEATMAP_SUFFIX}" if cfg.heatmap_dir else None
+            if cached is not None and cached.exists():
+                heat, _ = load_heatmap(cached)
+            else:
+                heat = compute_heatmap(slide, models.patch, tissue, cfg.min_tissue, cfg.batch_size, cfg.readers,
+                                       cfg.progress, stats)
+            timings.update(stats.seconds)
+        t = time.perf_counter()
+        low = low_future.result()
     if models.refine is not None:
         prob = refine(models.refine, low, heat)
         mask = Raster(prob.array > cfg.threshold, prob.mpp, prob.slide_mpp)
@@ -148,13 +152,16 @@ def segment_slide(slide: Slide | str | Path, out_dir: str | Path, models: Models
         mask = Raster(heat.array > cfg.threshold, heat.mpp, heat.slide_mpp)
     timings["refinement"] = time.perf_counter() - t
     t = time.perf_counter()
-    write_mask_tiff(paths["mask"], mask, slide.dimensions)
-    write_geojson(paths["geojson"], mask_to_geojson(mask))
-    if heat is not None:
-        save_heatmap(paths["heatmap"], heat, slide.dimensions, str(slide.path))
-    else:
-        del paths["heatmap"]
-    write_png(paths["overlay"], render_overlay(_thumbnail(low.image), heat, mask))
+    with ThreadPoolExecutor(1) as pool:  # OpenCV and the encoders release the GIL: two outputs at a time
+        overlay = pool.submit(lambda path: write_png(path, render_overlay(_thumbnail(low.image), heat, mask)),
+                              paths["overlay"])
+        write_mask_tiff(paths["mask"], mask, slide.dimensions)
+        write_geojson(paths["geojson"], mask_to_geojson(mask))
+        if heat is not None:
+            save_heatmap(paths["heatmap"], heat, slide.dimensions, str(slide.path))
+        else:
+            del paths["heatmap"]
+        overlay.result()
     timings["write"] = time.perf_counter() - t
     summary = {
         "slide": str(slide.path), "name": slide.name, "h2gnet_version": __version__,

@@ -226,6 +226,10 @@ class Slide:
         tile = max(1, int(MAX_READ_SIDE / max(scale, 1.0)))
         if width <= tile and height <= tile:
             return self._read_small(location, width, height, mpp, level, scale)
+        lx, ly = location[0] / level.downsample, location[1] / level.downsample
+        if (scale > LEVEL_TOLERANCE and self._tiles is not None and self._tiles.serves(level.index)
+                and lx == int(lx) and ly == int(ly)):
+            return self._read_reduced(int(lx), int(ly), width, height, level, scale)
         out = np.empty((height, width, 3), dtype=np.uint8)
         d = mpp / self.mpp
         for ty in range(0, height, tile):
@@ -261,6 +265,34 @@ class Slide:
 
         interp = cv2.INTER_AREA if scale >= 1.0 else cv2.INTER_LINEAR
         return cv2.resize(rgb, (width, height), interpolation=interp)
+
+    def _read_reduced(self, lx: int, ly: int, width: int, height: int, level: Level, scale: float) -> np.ndarray:
+        """A large read ``scale`` > 1 times smaller than ``level``, from (``lx``, ``ly``) in level pixels,
+        in two area-resampling steps: exact k×k block means (k = ⌊scale⌋) of grid-aligned blocks decoded
+        from the tiles, then one area resize of that (less than 2× the output per side) to the output size.
+        For ``scale`` < 2 or an integer ``scale`` this is exactly one-step area resampling; otherwise it
+        differs from it by about one grey level on average (a slightly wider filter). Memory stays within
+        4× the output's whatever the level's size.
+
+        Written here because one-step resampling of a large read needs either the whole source region
+        in memory or chunks whose level-0 origins fall between the level's pixels, which OpenSlide
+        resamples slowly (80k×60k slide, 2048×1536 px from its 5000×3750 level: 1.9 s, this way 0.15 s).
+        """
+        import cv2  # local: keeps import time of the module small
+
+        k = int(scale)
+        # intermediate grid: whole k-blocks covering the region (as _read_small, whole source px)
+        iw, ih = math.ceil(width * scale / k), math.ceil(height * scale / k)
+        inter = np.empty((ih, iw, 3), np.uint8)
+        step = max(1, MAX_READ_SIDE // k)  # intermediate px per block side
+        for by in range(0, ih, step):
+            for bx in range(0, iw, step):
+                bw, bh = min(step, iw - bx), min(step, ih - by)
+                src = self._read_tiles(level.index, lx + bx * k, ly + by * k, bw * k, bh * k)
+                inter[by : by + bh, bx : bx + bw] = cv2.resize(src, (bw, bh), interpolation=cv2.INTER_AREA)
+        if (iw, ih) == (width, height):
+            return inter
+        return cv2.resize(inter, (width, height), interpolation=cv2.INTER_AREA)
 
     def _read_tiles(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         assert self._tiles is not None

@@ -48,10 +48,10 @@ def _colormap_rgb(prob: np.ndarray, colormap: int) -> np.ndarray:
 def _blend_heatmap(img: np.ndarray, heatmap: Raster, alpha: float, colormap: int) -> np.ndarray:
     """``img`` with the heatmap blended in at opacity ``alpha * p`` per pixel."""
     prob = np.clip(_fit(heatmap, img.shape[:2], cv2.INTER_LINEAR), 0.0, 1.0)
-    weight = (alpha * prob)[..., None]
-    colours = _colormap_rgb(prob, colormap).astype(np.float32)
-    out = img.astype(np.float32) * (1.0 - weight) + colours * weight
-    return np.round(out).astype(np.uint8)
+    weight = np.float32(alpha) * prob
+    colours = _colormap_rgb(prob, colormap)
+    # per-pixel weighted sum, rounded (OpenCV: one pass instead of several float32 copies)
+    return cv2.blendLinear(img, colours, np.float32(1.0) - weight, weight)
 
 
 def _line_width(shape: tuple[int, ...]) -> int:
