@@ -5,7 +5,8 @@ Usage:
 
 STUDY_DIR is an ``h2gnet ablation`` or ``h2gnet demo`` folder (cohort/, index/, runs/mob, runs/<refine>).
 Variants: ONNX Runtime fp32 (the reference), ONNX Runtime int8 (static quantisation calibrated on
-256 training patches, min/max and percentile ranges), and, when ``openvino`` is installed, OpenVINO
+256 training patches: min/max ranges, percentile ranges, and min/max with the first convolution and
+the head kept in float32), and, when ``openvino`` is installed, OpenVINO
 fp32 / bf16 and OpenVINO running the same int8 models. For each it prints
 the patch balanced accuracy on the test slides, the mean Dice of the refined segmentation of the
 test slides, the Dice against the fp32 segmentation, and model-only patches per second. The last
@@ -49,18 +50,25 @@ def main() -> None:
     fp32 = args.study / "runs" / "mob" / "model.onnx"
     refine = args.study / "runs" / args.refine / "model.onnx"
     out = args.study / "precision"
-    int8 = {"minmax": out / "mob.int8.onnx", "percentile": out / "mob.int8-percentile.onnx"}
-    for method, path in int8.items():
+    # name: (file, calibration, first conv and head kept in float32)
+    recipes = {"minmax": (out / "mob.int8.onnx", "minmax", False),
+               "percentile": (out / "mob.int8-percentile.onnx", "percentile", False),
+               "minmax-ends": (out / "mob.int8-float-ends.onnx", "minmax", True)}
+    int8 = {name: path for name, (path, _, _) in recipes.items()}
+    for path, method, float_ends in recipes.values():
         if not path.exists():
-            quantize_patch_model(fp32, path, manifest, index, n_patches=256, calibration=method)
+            quantize_patch_model(fp32, path, manifest, index, n_patches=256, calibration=method,
+                                 float_ends=float_ends)
     tests = [e for e in select(read_manifest(manifest), "test") if e.annotation]
     test_ix = load_indexes(tests, index)
     variants = [("onnxruntime-fp32", fp32, "cpu", "fp32"), ("onnxruntime-int8", int8["minmax"], "cpu", "fp32"),
-                ("onnxruntime-int8-pct", int8["percentile"], "cpu", "fp32")]
+                ("onnxruntime-int8-pct", int8["percentile"], "cpu", "fp32"),
+                ("onnxruntime-int8-ends", int8["minmax-ends"], "cpu", "fp32")]
     if openvino_available():
         variants += [("openvino-fp32", fp32, "openvino", "fp32"), ("openvino-bf16", fp32, "openvino", "bf16"),
                      ("openvino-int8", int8["minmax"], "openvino", "fp32"),
-                     ("openvino-int8-pct", int8["percentile"], "openvino", "fp32")]
+                     ("openvino-int8-pct", int8["percentile"], "openvino", "fp32"),
+                     ("openvino-int8-ends", int8["minmax-ends"], "openvino", "fp32")]
     results: dict[str, dict] = {}
     for name, model_path, device, precision in variants:
         model = OnnxModel(model_path, "patch-classifier", device, args.threads, precision)

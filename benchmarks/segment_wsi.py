@@ -3,7 +3,7 @@
 Usage:
     python benchmarks/segment_wsi.py [--width 80000 --height 60000] [--threads N] [--device cpu]
                                      [--batch-size 32] [--readers 2] [--no-refine] [--cache .bench]
-                                     [--repeat 3] [--int8 minmax|percentile] [--no-fast]
+                                     [--repeat 3] [--int8 minmax|percentile [--float-ends]] [--no-fast]
 
 Makes once (cached under --cache): a phantom slide at 0.25 µm/px with a pyramid
 (1, 4, 16, 64), so a 1.0 µm/px level exists as in scanners' files, chosen to be
@@ -25,6 +25,7 @@ The last line printed is a JSON object with at least ``seconds``,
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -91,28 +92,33 @@ def make_models(cache: Path, slide_path: Path) -> tuple[Path, Path]:
     return patch, refine
 
 
-def make_int8(cache: Path, patch: Path, slide_path: Path, calibration: str) -> Path:
-    """The patch model quantised to int8, calibrated on 256 tissue patches of the slide (cached)."""
-    out = cache / f"{patch.stem}.int8-{calibration}.onnx"
+def make_int8(cache: Path, patch: Path, slide_path: Path, calibration: str, float_ends: bool = False) -> Path:
+    """The patch model quantised to int8, calibrated on 256 tissue patches of the slide (cached);
+    ``float_ends`` keeps its first convolution and its head in float32."""
+    out = cache / f"{patch.stem}.int8-{calibration}{'-float-ends' if float_ends else ''}.onnx"
     if out.exists():
         return out
     from h2gnet.quantize import quantize_onnx
     from h2gnet.slides import open_slide
 
     slide = open_slide(slide_path)
-    xs, ys = tissue_patches(slide)
+    xs, ys = tissue_patches(slide_path)
     pick = np.random.default_rng(1).choice(len(xs), 256, replace=False)
     imgs = np.stack([slide.read_region((int(xs[i]), int(ys[i])), (256, 256), 1.0) for i in pick])
     x = (imgs.astype(np.float32) / 255.0).transpose(0, 3, 1, 2)
-    return quantize_onnx(patch, out, [x[i:i + 16] for i in range(0, 256, 16)], calibration)
+    return quantize_onnx(patch, out, [x[i:i + 16] for i in range(0, 256, 16)], calibration, float_ends)
 
 
-def tissue_patches(slide) -> tuple[np.ndarray, np.ndarray]:
-    """Level-0 (x, y) of the slide's 256-px patches at 1 µm/px with > 25 % tissue, as ``segment`` picks them."""
+@functools.cache
+def tissue_patches(slide_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Level-0 (x, y) of the slide's 256-px patches at 1 µm/px with > 25 % tissue, as ``segment`` picks
+    them (computed once per slide)."""
     from h2gnet import heatmap
     from h2gnet.patches import PatchGrid
+    from h2gnet.slides import open_slide
     from h2gnet.tissue import detect_tissue
 
+    slide = open_slide(slide_path)
     grid = PatchGrid(slide.dimensions, slide.mpp, 256, 1.0)
     return heatmap.tissue_patches(grid, detect_tissue(slide))[2:]
 
@@ -123,7 +129,7 @@ def read_only(slide_path: Path, args: argparse.Namespace) -> tuple[float, float,
     from h2gnet.slides import open_slide
 
     slide = open_slide(slide_path)
-    xs, ys = tissue_patches(slide)
+    xs, ys = tissue_patches(slide_path)
     c0, t0 = time.process_time(), time.perf_counter()
     for _ in patch_batches(slide, xs, ys, 256, 1.0, args.batch_size, args.readers, max(2, 2 * args.readers)):
         pass
@@ -213,6 +219,7 @@ def main() -> None:
     ap.add_argument("--patch-model", type=Path, default=None, help="another patch model")
     ap.add_argument("--int8", choices=("minmax", "percentile"), default=None,
                     help="quantise the patch model to int8 (calibrated on the slide's patches) and use it")
+    ap.add_argument("--float-ends", action="store_true", help="with --int8: first conv and head stay float32")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--readers", type=int, default=2)
@@ -224,7 +231,7 @@ def main() -> None:
     patch, refine = make_models(args.cache, slide)
     patch = args.patch_model or patch
     if args.int8:
-        patch = make_int8(args.cache, patch, slide, args.int8)
+        patch = make_int8(args.cache, patch, slide, args.int8, args.float_ends)
     # runs alternate (segment, model-only) so that drifts of the machine hit both; medians are reported
     runs, ceilings = [], []
     for _ in range(args.repeat):

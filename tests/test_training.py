@@ -80,17 +80,28 @@ def test_refinement_training_and_export(mini_cohort: Path, patch_run: Path, tmp_
     assert out.shape == (1, 2, 128, 128)
 
 
-@pytest.mark.parametrize("calibration", ["minmax", "percentile"])
+@pytest.mark.parametrize(("calibration", "float_ends"), [("minmax", False), ("percentile", False), ("minmax", True)])
 def test_int8_quantisation_keeps_predictions_close(mini_cohort: Path, patch_run: Path, tmp_path: Path,
-                                                   calibration: str) -> None:
+                                                   calibration: str, float_ends: bool) -> None:
+    import onnx
+
     from h2gnet.quantize import quantize_patch_model
 
     out = quantize_patch_model(patch_run / "model.onnx", tmp_path / "q.onnx", mini_cohort / "manifest.csv",
-                               mini_cohort / "index", n_patches=32, calibration=calibration)
+                               mini_cohort / "index", n_patches=32, calibration=calibration, float_ends=float_ends)
     q = OnnxModel(out, "patch-classifier")
     f = OnnxModel(patch_run / "model.onnx", "patch-classifier")
     assert q.metadata["precision"] == "int8" and q.input_size == f.input_size and q.mpp == f.mpp
     assert q.metadata["calibration_method"] == calibration
+    graph = onnx.load(str(out)).graph
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    kept = [n for n in graph.node if n.name in q.metadata["float32_nodes"].split(",")]
+    if float_ends:  # first conv + the head's Gemm(s), with float32 weights
+        assert [n.op_type for n in kept][:1] == ["Conv"] and len(kept) >= 2
+        assert all(n.input[1] not in dequantized for n in kept)
+    else:
+        assert not kept
+    assert sum(n.op_type == "Conv" and n.input[1] in dequantized for n in graph.node) > 10
     from h2gnet.quantize import calibration_batches
 
     x = calibration_batches(mini_cohort / "manifest.csv", mini_cohort / "index", 64, 16, seed=9)[0]

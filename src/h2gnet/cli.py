@@ -116,7 +116,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from h2gnet.quantize import quantize_patch_model
 
     out = quantize_patch_model(args.model, args.output, args.manifest, args.index, args.patches, args.seed,
-                               args.calibration)
+                               args.calibration, args.float_ends)
     print(f"int8 model: {out}")
     return 0
 
@@ -169,6 +169,8 @@ def _add_stage1(sub: argparse._SubParsersAction) -> None:
                    help="activation ranges: min/max of the calibration patches (default), entropy (KL), "
                         "or the 99.999th percentile (entropy and percentile keep every activation in memory: "
                         "~20 GB for 256 patches of 256 px)")
+    p.add_argument("--float-ends", action="store_true",
+                   help="keep the first convolution and the fully connected head in float32")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_quantize)
 

@@ -64,6 +64,7 @@ import numpy as np
 from h2gnet import __version__
 from h2gnet.atomic import atomic_path, write_text
 from h2gnet.errors import H2GNetError
+from h2gnet.inference import model_kind
 from h2gnet.patches import MIN_TISSUE
 from h2gnet.raster import Raster
 
@@ -134,7 +135,7 @@ def split_models(paths: list[str | Path]) -> tuple[Path, Path | None]:
         raise H2GNetError(None, f"give one patch-classifier run (and optionally one refiner run), got {len(paths)}")
     found: dict[str, Path] = {}
     for item in paths:
-        kind = _metadata_kind(_model_file(item))
+        kind = model_kind(_model_file(item))
         if kind not in ("patch-classifier", "refiner"):
             what = "an ONNX model without h2gnet metadata" if kind is None else f"a {kind!r} model"
             raise H2GNetError(item, f"is {what}, not a patch classifier or refiner exported by h2gnet")
@@ -144,18 +145,6 @@ def split_models(paths: list[str | Path]) -> tuple[Path, Path | None]:
     if "patch-classifier" not in found:
         raise H2GNetError(None, "no patch-classifier run among the inputs (FAST's pipeline starts from the heatmap)")
     return found["patch-classifier"], found.get("refiner")
-
-
-def _metadata_kind(path: Path) -> str | None:
-    import onnxruntime as ort
-
-    try:
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own types for non-ONNX files
-        raise H2GNetError(path, f"is not a loadable ONNX model ({type(exc).__name__})") from None
-    return session.get_modelmeta().custom_metadata_map.get("h2gnet_kind")
 
 
 def fast_magnification(mpp: float) -> float:

@@ -37,7 +37,7 @@ def calibration_batches(manifest: str | Path, index_dir: str | Path, input_size:
 
 def quantize_patch_model(model_path: str | Path, out_path: str | Path, manifest: str | Path,
                          index_dir: str | Path, n_patches: int = 256, seed: int = 0,
-                         calibration: str = "minmax") -> Path:
+                         calibration: str = "minmax", float_ends: bool = False) -> Path:
     """Write an int8 version of a patch classifier, calibrated on ``n_patches`` patches of the
     manifest's training slides; returns ``out_path``.
 
@@ -45,16 +45,27 @@ def quantize_patch_model(model_path: str | Path, out_path: str | Path, manifest:
     ``minmax`` (their extremes), ``entropy`` (KL divergence) or ``percentile`` (99.999th).
     ONNX Runtime's entropy and percentile calibrators keep every activation in memory
     (measured: ~21 GB peak for 256 MobileNetV2 patches of 256 px; a quarter at 128 px).
+    ``float_ends``: keep the first convolution and the fully connected head in float32.
     """
     fp32 = OnnxModel(Path(model_path), "patch-classifier")
     batches = calibration_batches(manifest, index_dir, fp32.input_size, n_patches, seed=seed)
-    return quantize_onnx(model_path, out_path, batches, calibration)
+    return quantize_onnx(model_path, out_path, batches, calibration, float_ends)
+
+
+def end_nodes(model: object) -> list[str]:
+    """Names of the first convolution and of the fully connected layers (Gemm/MatMul) of an ONNX
+    model's graph — the layers most sensitive to int8 in small classifiers."""
+    nodes = list(model.graph.node)  # type: ignore[attr-defined]
+    first_conv = next((n.name for n in nodes if n.op_type == "Conv"), None)
+    head = [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")]
+    return ([first_conv] if first_conv else []) + head
 
 
 def quantize_onnx(model_path: str | Path, out_path: str | Path, batches: list[np.ndarray],
-                  calibration: str = "minmax") -> Path:
+                  calibration: str = "minmax", float_ends: bool = False) -> Path:
     """int8 QDQ version of an h2gnet patch classifier, calibrated on ``batches`` (float32 NCHW in
-    [0, 1]); the h2gnet metadata are kept, with ``precision = int8``. Returns ``out_path``."""
+    [0, 1]); the h2gnet metadata are kept, with ``precision = int8``. ``float_ends`` keeps the first
+    convolution and the fully connected head in float32 (:func:`end_nodes`). Returns ``out_path``."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
@@ -77,14 +88,15 @@ def quantize_onnx(model_path: str | Path, out_path: str | Path, batches: list[np
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(model_path), str(pre))
+        keep = end_nodes(onnx.load(str(pre))) if float_ends else []
         q = Path(tmp) / "q.onnx"
         quantize_static(str(pre), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=methods[calibration])
+                        calibrate_method=methods[calibration], nodes_to_exclude=keep)
         model = onnx.load(str(q))
     n_patches = sum(len(b) for b in batches)
     meta = {**fp32.metadata, "precision": "int8", "calibration_patches": str(n_patches),
-            "calibration_method": calibration}
+            "calibration_method": calibration, "float32_nodes": ",".join(keep)}
     del model.metadata_props[:]
     for key, value in meta.items():
         model.metadata_props.add(key=key, value=str(value))

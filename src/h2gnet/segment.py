@@ -75,15 +75,17 @@ class Models:
     @classmethod
     def load(cls, cfg: SegmentConfig) -> Models:
         threads = cfg.threads or default_threads()
-        patch = None
-        if cfg.patch_model is not None:
-            patch = OnnxModel(Path(cfg.patch_model), "patch-classifier", cfg.device, threads, cfg.precision)
-        ref = None
-        if cfg.refine_model is not None:
-            ref = OnnxModel(Path(cfg.refine_model), "refiner", cfg.device, threads, cfg.precision)
-            if ref.in_channels not in (3, 4):
-                raise H2GNetError(ref.path, f"takes {ref.in_channels} channels; a refiner takes 4 (RGB + heatmap) "
-                                            "or 3 (UNet-LR)")
+
+        def load(path: Path | None, kind: str) -> OnnxModel | None:
+            return None if path is None else OnnxModel(Path(path), kind, cfg.device, threads, cfg.precision)
+
+        with ThreadPoolExecutor(1) as pool:  # ONNX Runtime builds sessions without the GIL: both at once
+            refiner = pool.submit(load, cfg.refine_model, "refiner")
+            patch = load(cfg.patch_model, "patch-classifier")
+            ref = refiner.result()
+        if ref is not None and ref.in_channels not in (3, 4):
+            raise H2GNetError(ref.path, f"takes {ref.in_channels} channels; a refiner takes 4 (RGB + heatmap) "
+                                        "or 3 (UNet-LR)")
         if patch is None and (ref is None or ref.in_channels != 3):
             raise H2GNetError(None, "a patch model is needed (only a 3-channel UNet-LR refiner works without one)")
         return cls(patch, ref)
