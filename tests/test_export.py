@@ -90,6 +90,11 @@ def test_classifier_export_matches_pytorch_for_any_batch(tmp_path: Path, arch: s
         probabilities = ort_run(path, x)
         assert probabilities.shape == (n, 2)
         np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    # the input's division by std is folded into the first convolution: no Div before it
+    graph = onnx.load(str(path)).graph
+    first_conv = next(i for i, n in enumerate(graph.node) if n.op_type == "Conv")
+    assert "Div" not in [n.op_type for n in graph.node[:first_conv]]
+    assert not model.std_folded  # the caller's model is untouched
     # The comparison means something: the probabilities vary between patches.
     spread = ort_run(path, torch.cat(batches(3, size, seed=3)))[:, 1]
     assert spread.std() > 0.01

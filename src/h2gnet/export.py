@@ -149,7 +149,10 @@ def export_classifier_onnx(
         "arch": arch or str(getattr(model, "arch", type(model).__name__)),
         "h2gnet_version": h2gnet.__version__,
     }
-    return _write_with_metadata(_export_bytes(model, example, "image", opset), path, metadata)
+    from h2gnet.models.classifier import PatchClassifier, fold_input_scale
+
+    graph_model = fold_input_scale(model) if isinstance(model, PatchClassifier) else model
+    return _write_with_metadata(_export_bytes(graph_model, example, "image", opset), path, metadata)
 
 
 def export_refiner_onnx(

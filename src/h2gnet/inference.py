@@ -105,6 +105,7 @@ class OnnxModel:
     threads: int | None = None
     precision: str = "fp32"
     metadata: dict[str, str] = field(init=False)
+    _sha256: str | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         import onnxruntime as ort
@@ -162,7 +163,10 @@ class OnnxModel:
         return self.metadata.get("classes", "non-tumour,tumour").split(",")
 
     def sha256(self) -> str:
-        return sha256_of(self.path)
+        """SHA-256 of the model file (computed once: summaries of every slide quote it)."""
+        if self._sha256 is None:
+            self._sha256 = sha256_of(self.path)
+        return self._sha256
 
     @property
     def engine(self) -> str:
