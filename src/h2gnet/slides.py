@@ -289,7 +289,8 @@ class Slide:
             for bx in range(0, iw, step):
                 bw, bh = min(step, iw - bx), min(step, ih - by)
                 src = self._read_tiles(level.index, lx + bx * k, ly + by * k, bw * k, bh * k)
-                inter[by : by + bh, bx : bx + bw] = cv2.resize(src, (bw, bh), interpolation=cv2.INTER_AREA)
+                inter[by : by + bh, bx : bx + bw] = src if k == 1 else cv2.resize(src, (bw, bh),
+                                                                                  interpolation=cv2.INTER_AREA)
         if (iw, ih) == (width, height):
             return inter
         return cv2.resize(inter, (width, height), interpolation=cv2.INTER_AREA)
