@@ -11,8 +11,8 @@ For the whole-slide benchmark's slide and models (made by ``benchmarks/segment_w
         --patch-model .bench/mobilenetv2_calibrated.onnx --refine-model .bench/unet_1024.onnx \
         --h2gnet-out .bench/out
 
-Exports the models with :func:`h2gnet.fastpathology.export_fast`, runs FAST in a child process
-(:func:`~h2gnet.fastpathology.run_fast_pipeline`) after a warm-up on a small phantom slide that
+Exports the models with :func:`h2gnet.fast.pipeline.export_fast`, runs FAST in a child process
+(:func:`~h2gnet.fast.pipeline.run_fast_pipeline`) after a warm-up on a small phantom slide that
 fills FAST's OpenCL kernel cache (a first run in a fresh HOME spends ~10 s compiling kernels on
 this machine), and h2gnet's ``segment_slide`` in this process unless ``--h2gnet-out`` already
 holds its outputs for the slide. Both wall times exclude interpreter start and imports; FAST's
@@ -47,7 +47,7 @@ def warmup_slide(folder: Path) -> Path:
 
 def h2gnet_outputs(slide_path: Path, args: argparse.Namespace) -> tuple[dict, Path]:
     """(summary, output folder) of ``h2gnet segment`` on the slide, run here unless already done."""
-    from h2gnet.segment import Models, SegmentConfig, segment_slide
+    from h2gnet.infer.segment import Models, SegmentConfig, segment_slide
 
     folder = args.h2gnet_out or args.out / "h2gnet"
     summary = folder / f"{slide_path.stem}.json"
@@ -58,11 +58,12 @@ def h2gnet_outputs(slide_path: Path, args: argparse.Namespace) -> tuple[dict, Pa
 
 
 def main() -> int:
+    from h2gnet.conventions import HEATMAP_SUFFIX
     from h2gnet.evaluation.predictions import load_mask_tiff
-    from h2gnet.fastpathology import export_fast, mask_dice, run_fast_pipeline, segmentation_raster
-    from h2gnet.heatmap import HEATMAP_SUFFIX, load_heatmap
-    from h2gnet.slides import open_slide
-    from h2gnet.tissue import detect_tissue
+    from h2gnet.fast.pipeline import export_fast, mask_dice, run_fast_pipeline, segmentation_raster
+    from h2gnet.infer.heatmap import load_heatmap
+    from h2gnet.io.slides import open_slide
+    from h2gnet.patches.tissue import detect_tissue
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("slide", type=Path)

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from h2gnet.evaluation.patches import evaluate_patch_model
+from h2gnet.evaluation.patch_accuracy import evaluate_patch_model
 from h2gnet.evaluation.predictions import evaluate_predictions, load_mask_tiff
-from h2gnet.inference import OnnxModel, openvino_available
-from h2gnet.manifest import read_manifest, select
-from h2gnet.quantize import quantize_patch_model
-from h2gnet.sampling import load_indexes
-from h2gnet.segment import SegmentConfig, segment_many
+from h2gnet.infer.quantize import quantize_patch_model
+from h2gnet.infer.runtime import OnnxModel, openvino_available
+from h2gnet.infer.segment import SegmentConfig, segment_many
+from h2gnet.io.manifest import read_manifest, select
+from h2gnet.patches.sampling import load_indexes
 
 
 def throughput(model: OnnxModel, n: int = 256, batch: int = 16) -> float:

@@ -15,10 +15,11 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from h2gnet.augment import augment_patch
-from h2gnet.manifest import read_manifest, select
-from h2gnet.patches import index_cohort
-from h2gnet.sampling import HierarchicalSampler, load_indexes, patch_stream
+from h2gnet.io.manifest import read_manifest, select
+from h2gnet.patches.grid import index_cohort
+from h2gnet.patches.sampling import HierarchicalSampler, load_indexes
+from h2gnet.train.augment import augment_patch
+from h2gnet.train.dataset import patch_stream
 
 
 def cohort(root: Path) -> tuple[Path, Path]:

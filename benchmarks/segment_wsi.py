@@ -70,9 +70,9 @@ def make_models(cache: Path, slide_path: Path) -> tuple[Path, Path]:
         return patch, refine
     import torch
 
-    from h2gnet.export import export_classifier_onnx, export_refiner_onnx
-    from h2gnet.models import build_classifier, build_refiner, calibrate_batchnorm
-    from h2gnet.slides import open_slide
+    from h2gnet.io.slides import open_slide
+    from h2gnet.train.export import export_classifier_onnx, export_refiner_onnx
+    from h2gnet.train.models import build_classifier, build_refiner, calibrate_batchnorm
 
     torch.manual_seed(0)
     model = build_classifier("mobilenetv2", weights=None).to(memory_format=torch.channels_last)
@@ -98,8 +98,8 @@ def make_int8(cache: Path, patch: Path, slide_path: Path, calibration: str, floa
     out = cache / f"{patch.stem}.int8-{calibration}{'-float-ends' if float_ends else ''}.onnx"
     if out.exists():
         return out
-    from h2gnet.quantize import quantize_onnx
-    from h2gnet.slides import open_slide
+    from h2gnet.infer.quantize import quantize_onnx
+    from h2gnet.io.slides import open_slide
 
     slide = open_slide(slide_path)
     xs, ys = tissue_patches(slide_path)
@@ -113,10 +113,10 @@ def make_int8(cache: Path, patch: Path, slide_path: Path, calibration: str, floa
 def tissue_patches(slide_path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Level-0 (x, y) of the slide's 256-px patches at 1 µm/px with > 25 % tissue, as ``segment`` picks
     them (computed once per slide)."""
-    from h2gnet import heatmap
-    from h2gnet.patches import PatchGrid
-    from h2gnet.slides import open_slide
-    from h2gnet.tissue import detect_tissue
+    from h2gnet.infer import heatmap
+    from h2gnet.io.slides import open_slide
+    from h2gnet.patches.grid import PatchGrid
+    from h2gnet.patches.tissue import detect_tissue
 
     slide = open_slide(slide_path)
     grid = PatchGrid(slide.dimensions, slide.mpp, 256, 1.0)
@@ -125,8 +125,8 @@ def tissue_patches(slide_path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def read_only(slide_path: Path, args: argparse.Namespace) -> tuple[float, float, int]:
     """(wall s, CPU s, patches) to read the slide's tissue patches the way ``segment`` does, no model."""
-    from h2gnet.heatmap import patch_batches
-    from h2gnet.slides import open_slide
+    from h2gnet.infer.heatmap import patch_batches
+    from h2gnet.io.slides import open_slide
 
     slide = open_slide(slide_path)
     xs, ys = tissue_patches(slide_path)
@@ -138,7 +138,7 @@ def read_only(slide_path: Path, args: argparse.Namespace) -> tuple[float, float,
 
 def refine_only(refine: Path, args: argparse.Namespace) -> float:
     """Seconds for one pass of the refiner on a 1024² input (same engine and threads)."""
-    from h2gnet.inference import OnnxModel, default_threads
+    from h2gnet.infer.runtime import OnnxModel, default_threads
 
     model = OnnxModel(refine, "refiner", args.device, args.threads or default_threads(), args.precision)
     x = np.random.default_rng(0).random((1, model.in_channels, model.input_size, model.input_size), dtype=np.float32)
@@ -151,7 +151,13 @@ def refine_only(refine: Path, args: argparse.Namespace) -> float:
 def run_fast(slide: Path, patch: Path, refine: Path | None, cache: Path, h2gnet_out: Path) -> dict | None:
     """FAST's run of the exported pipeline on the slide (None without pyFAST): child-process wall time,
     pipeline time, and the Dice of its final mask against h2gnet's at 8 µm/px."""
-    from h2gnet.fastpathology import export_fast, fast_available, mask_dice, run_fast_pipeline, segmentation_raster
+    from h2gnet.fast.pipeline import (
+        export_fast,
+        fast_available,
+        mask_dice,
+        run_fast_pipeline,
+        segmentation_raster,
+    )
 
     if not fast_available():
         return None
@@ -193,7 +199,7 @@ def run_segment(slide: Path, patch: Path, refine: Path | None, out: Path, args: 
 
 def model_only(patch: Path, n: int, args: argparse.Namespace) -> float:
     """Seconds for the same model on ``n`` in-memory patches (same engine, threads, batch size)."""
-    from h2gnet.inference import OnnxModel, default_threads
+    from h2gnet.infer.runtime import OnnxModel, default_threads
 
     model = OnnxModel(patch, "patch-classifier", args.device, args.threads or default_threads(), args.precision)
     rng = np.random.default_rng(0)

@@ -95,8 +95,8 @@ def torch_one_thread():
 @pytest.fixture(scope="session")
 def mini_cohort(tmp_path_factory) -> Path:
     """Four small annotated slides (train ×2, val, test) with a manifest and a patch index; returns the folder."""
-    from h2gnet.manifest import read_manifest
-    from h2gnet.patches import index_cohort
+    from h2gnet.io.manifest import read_manifest
+    from h2gnet.patches.grid import index_cohort
 
     root = tmp_path_factory.mktemp("cohort")
     rows = ["slide,annotation,grade,split"]
@@ -114,7 +114,7 @@ def mini_cohort(tmp_path_factory) -> Path:
 def patch_run(mini_cohort: Path) -> Path:
     """A patch classifier trained for a few steps on the mini cohort (64-px input); returns its run folder."""
     pytest.importorskip("torch")
-    from h2gnet.training.patch import PatchTrainConfig, train_patch_classifier
+    from h2gnet.train.patch_classifier import PatchTrainConfig, train_patch_classifier
 
     cfg = PatchTrainConfig(manifest=str(mini_cohort / "manifest.csv"), index_dir=str(mini_cohort / "index"),
                            epochs=1, steps=2, val_steps=1, batch_size=8, input_size=64, workers=0,

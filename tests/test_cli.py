@@ -7,8 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from conftest import phantom_image, real_slide, write_pyramid_tiff
+
 from h2gnet.cli import main
 
 
@@ -67,7 +67,7 @@ def test_real_slides_patch_index(tmp_path: Path, capsys) -> None:
     manifest.write_text(f"slide,annotation,grade,split,mpp\n{svs},,,test,\n{tcga},,,test,0.25\n{dcm},,,test,\n")
     assert main(["-q", "patches", str(manifest), "-o", str(tmp_path / "idx")]) == 0
     out = capsys.readouterr().out
-    from h2gnet.patches import PatchIndex
+    from h2gnet.patches.grid import PatchIndex
 
     a = PatchIndex.load(tmp_path / "idx" / "CMU-1-Small-Region.patches.parquet")
     b = PatchIndex.load(tmp_path / "idx" / "level-0-frames-0-30.patches.parquet")

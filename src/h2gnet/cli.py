@@ -13,14 +13,27 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from h2gnet import __version__
+from h2gnet.conventions import EVAL_MPP
 from h2gnet.errors import H2GNetError
+from h2gnet.evaluation.predictions import evaluate_predictions, write_evaluation
+from h2gnet.evaluation.summary import print_table
+from h2gnet.fast.pipeline import export_fast, split_models
+from h2gnet.infer.heatmap import heatmap_cohort
+from h2gnet.infer.quantize import quantize_patch_model
+from h2gnet.infer.segment import Models, SegmentConfig, check_writable, segment_many
+from h2gnet.io.atomic import write_bytes
+from h2gnet.io.manifest import read_manifest, select
+from h2gnet.io.slides import open_slide
+from h2gnet.io.tables import format_table
+from h2gnet.patches.grid import index_cohort
+from h2gnet.patches.tissue import detect_tissue, otsu_tissue, tissue_area_mm2
+from h2gnet.synth import make_cohort
 
 Handler = Callable[[argparse.Namespace], int]
 
 
 # -- foundation ------------------------------------------------------------------------
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from h2gnet.synth import make_cohort
 
     manifest = make_cohort(args.out_dir, n_slides=args.slides, seed=args.seed, width=args.width,
                            height=args.height, mpp=args.mpp, progress=not args.quiet,
@@ -32,10 +45,6 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_tissue(args: argparse.Namespace) -> int:
     import cv2
     import numpy as np
-
-    from h2gnet.atomic import write_bytes
-    from h2gnet.slides import open_slide
-    from h2gnet.tissue import detect_tissue, otsu_tissue, tissue_area_mm2
 
     out = Path(args.output)
     if out.suffix.lower() not in {".png", ".tif", ".tiff"}:
@@ -53,9 +62,6 @@ def _cmd_tissue(args: argparse.Namespace) -> int:
 
 
 def _cmd_patches(args: argparse.Namespace) -> int:
-    from h2gnet.manifest import read_manifest
-    from h2gnet.patches import index_cohort
-    from h2gnet.tables import format_table
 
     entries = read_manifest(args.manifest)
     rows, failures = index_cohort(entries, args.output, overwrite=args.overwrite, progress=not args.quiet,
@@ -76,7 +82,7 @@ def _cmd_patches(args: argparse.Namespace) -> int:
 
 # -- stage 1 ---------------------------------------------------------------------------
 def _patch_config(args: argparse.Namespace):
-    from h2gnet.training.patch import PatchTrainConfig
+    from h2gnet.train.patch_classifier import PatchTrainConfig
 
     return PatchTrainConfig(
         manifest=str(Path(args.manifest).resolve()), index_dir=str(Path(args.index).resolve()), arch=args.arch,
@@ -87,7 +93,7 @@ def _patch_config(args: argparse.Namespace):
 
 
 def _cmd_train_patch(args: argparse.Namespace) -> int:
-    from h2gnet.training.patch import train_patch_classifier
+    from h2gnet.train.patch_classifier import train_patch_classifier
 
     metrics = train_patch_classifier(args.output, _patch_config(args), overwrite=args.overwrite)
     print(f"model: {Path(args.output) / 'model.onnx'} (best epoch {metrics['best_epoch']}, "
@@ -101,7 +107,7 @@ def _cmd_train_patch(args: argparse.Namespace) -> int:
 
 
 def _cmd_cluster(args: argparse.Namespace) -> int:
-    from h2gnet.training.cluster import ClusterConfig, fit_cohort_clustering
+    from h2gnet.train.cluster_guiding import ClusterConfig, fit_cohort_clustering
 
     cfg = ClusterConfig(manifest=str(args.manifest), index_dir=str(args.index), k=args.k, batches=args.batches,
                         batch_size=args.batch_size, input_size=args.input_size, weights=args.weights,
@@ -113,7 +119,6 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
-    from h2gnet.quantize import quantize_patch_model
 
     out = quantize_patch_model(args.model, args.output, args.manifest, args.index, args.patches, args.seed,
                                args.calibration, args.float_ends)
@@ -177,7 +182,6 @@ def _add_stage1(sub: argparse._SubParsersAction) -> None:
 
 # -- stage 2 and inference ----------------------------------------------------------------
 def _segment_config(args: argparse.Namespace, refine: Path | None):
-    from h2gnet.segment import SegmentConfig
 
     return SegmentConfig(patch_model=args.patch_model, refine_model=refine,
                          heatmap_dir=getattr(args, "heatmaps", None), device=args.device, precision=args.precision,
@@ -186,9 +190,6 @@ def _segment_config(args: argparse.Namespace, refine: Path | None):
 
 
 def _cmd_heatmap(args: argparse.Namespace) -> int:
-    from h2gnet.heatmap import heatmap_cohort
-    from h2gnet.manifest import read_manifest
-    from h2gnet.segment import Models, check_writable
 
     entries = read_manifest(args.manifest)
     check_writable(args.output)
@@ -202,7 +203,7 @@ def _cmd_heatmap(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_refine(args: argparse.Namespace) -> int:
-    from h2gnet.training.refine import RefineTrainConfig, train_refiner
+    from h2gnet.train.refiner import RefineTrainConfig, train_refiner
 
     cfg = RefineTrainConfig(manifest=str(Path(args.manifest).resolve()),
                             heatmaps=str(Path(args.heatmaps).resolve()) if args.heatmaps else None,
@@ -217,8 +218,6 @@ def _cmd_train_refine(args: argparse.Namespace) -> int:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from h2gnet.segment import segment_many
-    from h2gnet.tables import format_table
 
     if args.no_refine == (args.refine_model is not None):
         raise H2GNetError(None, "give either --refine-model R.onnx or --no-refine (the patch-wise result)")
@@ -285,13 +284,12 @@ def _add_stage2(sub: argparse._SubParsersAction) -> None:
 
 # -- FAST / FastPathology export --------------------------------------------------------------
 def _cmd_export_fast(args: argparse.Namespace) -> int:
-    from h2gnet.fastpathology import export_fast, split_models
 
     patch, refine = split_models(args.runs)
     fpl = export_fast(patch, refine, args.output, tissue_threshold=args.tissue_threshold,
                       inference_engine=args.inference_engine)
     models = "patch.onnx" + (" + refine.onnx" if refine is not None else "")
-    print(f"FAST pipeline: {fpl} ({models}); run it with h2gnet.fastpathology.run_fast_pipeline or FastPathology")
+    print(f"FAST pipeline: {fpl} ({models}); run it with h2gnet.fast.pipeline.run_fast_pipeline or FastPathology")
     return 0
 
 
@@ -310,9 +308,6 @@ def _add_export_fast(sub: argparse._SubParsersAction) -> None:
 
 # -- evaluation ----------------------------------------------------------------------------
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from h2gnet.evaluation.predictions import evaluate_predictions, write_evaluation
-    from h2gnet.evaluation.report import print_table
-    from h2gnet.manifest import read_manifest, select
 
     entries = select(read_manifest(args.manifest), None if args.split == "all" else args.split)
     rows = evaluate_predictions(entries, args.predictions, args.mpp, args.design, progress=not args.quiet)
@@ -323,14 +318,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_ablation(args: argparse.Namespace) -> int:
-    from h2gnet.ablation import load_config, run_study
+    from h2gnet.study.ablation import load_config, run_study
 
     config = load_config(args.config, "ablation-cpu")
     return _report_study(run_study(config, args.output, progress=not args.quiet), args.output)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from h2gnet.ablation import load_config, run_study
+    from h2gnet.study.ablation import load_config, run_study
 
     config = load_config(args.config, "demo")
     return _report_study(run_study(config, args.output, progress=not args.quiet), args.output)
@@ -350,7 +345,7 @@ def _add_evaluation(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--predictions", type=Path, required=True, help="folder of NAME.mask.tiff from `segment`")
     p.add_argument("-o", "--output", type=Path, required=True, help="folder for slides.csv, summary.md/json")
     p.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
-    p.add_argument("--mpp", type=float, default=8.0, help="common resolution in µm/px (default 8)")
+    p.add_argument("--mpp", type=float, default=EVAL_MPP, help=f"common resolution in µm/px (default {EVAL_MPP:g})")
     p.add_argument("--design", default=None, help="name of the design in the tables")
     p.set_defaults(func=_cmd_evaluate)
 

@@ -14,7 +14,8 @@ from h2gnet.evaluation.metrics import (
     summarise_designs,
     values_by_design,
 )
-from h2gnet.evaluation.report import (
+from h2gnet.evaluation.stats import tukey_table, write_tukey_csv, write_tukey_markdown
+from h2gnet.evaluation.summary import (
     boxplot_png,
     format_mean_std,
     print_table,
@@ -23,7 +24,6 @@ from h2gnet.evaluation.report import (
     write_summary_json,
     write_summary_markdown,
 )
-from h2gnet.evaluation.stats import tukey_table, write_tukey_csv, write_tukey_markdown
 
 __all__ = [
     "METRICS",

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from h2gnet.annotations import load_annotation
+from h2gnet.conventions import EVAL_MPP, slide_outputs
 from h2gnet.errors import H2GNetError
-from h2gnet.manifest import SlideEntry
-from h2gnet.raster import Raster
-from h2gnet.slides import open_slide
+from h2gnet.evaluation.metrics import slide_metrics, summarise_designs, values_by_design
+from h2gnet.evaluation.stats import write_tukey
+from h2gnet.evaluation.summary import write_slides_csv, write_summary_json, write_summary_markdown
+from h2gnet.io.annotations import load_annotation
+from h2gnet.io.manifest import SlideEntry
+from h2gnet.io.raster import Raster
+from h2gnet.io.slides import open_slide
 
 #: Default common resolution of the evaluation, µm/px (the ×1.25 plane).
-EVAL_MPP = 8.0
 
 
 def load_mask_tiff(path: str | Path, slide_mpp: float) -> Raster:
@@ -47,14 +48,13 @@ def load_mask_tiff(path: str | Path, slide_mpp: float) -> Raster:
 
 def evaluate_slide(entry: SlideEntry, predictions: str | Path, mpp: float = EVAL_MPP) -> dict:
     """Per-slide recall, precision and Dice of ``predictions/NAME.mask.tiff`` at ``mpp`` µm/px."""
-    from h2gnet.evaluation.metrics import slide_metrics
 
     if entry.annotation is None:
         raise H2GNetError(entry.slide, "has no annotation to evaluate against")
     with open_slide(entry.slide, entry.mpp) as slide:
         truth = load_annotation(entry.annotation, slide.dimensions, slide.mpp, mpp,
                                 mask_downsample=entry.annotation_downsample)
-        pred = load_mask_tiff(Path(predictions) / f"{entry.key}.mask.tiff", slide.mpp)
+        pred = load_mask_tiff(slide_outputs(predictions, entry.key).mask, slide.mpp)
         pred = pred.to_mpp(mpp, slide.dimensions)
     rows = min(pred.shape[0], truth.shape[0]), min(pred.shape[1], truth.shape[1])
     m = slide_metrics(pred.array[: rows[0], : rows[1]], truth.array[: rows[0], : rows[1]])
@@ -69,7 +69,7 @@ def evaluate_predictions(entries: list[SlideEntry], predictions: str | Path, mpp
     chosen = [e for e in entries if e.annotation is not None]
     if not chosen:
         raise H2GNetError(None, "no annotated slides to evaluate")
-    missing = [e.key for e in chosen if not (Path(predictions) / f"{e.key}.mask.tiff").exists()]
+    missing = [e.key for e in chosen if not slide_outputs(predictions, e.key).mask.exists()]
     if missing:
         raise H2GNetError(predictions, f"no prediction for {len(missing)} slide(s): {', '.join(missing[:5])}")
     rows = []
@@ -83,9 +83,6 @@ def evaluate_predictions(entries: list[SlideEntry], predictions: str | Path, mpp
 
 def write_evaluation(out_dir: str | Path, rows: list[dict], mpp: float) -> dict:
     """slides.csv, summary.md, summary.json (and Tukey tables when several designs) in ``out_dir``."""
-    from h2gnet.evaluation.metrics import summarise_designs, values_by_design
-    from h2gnet.evaluation.report import write_slides_csv, write_summary_json, write_summary_markdown
-    from h2gnet.evaluation.stats import write_tukey
 
     out = Path(out_dir)
     rows = [r if "design" in r else {"design": "prediction", **r} for r in rows]

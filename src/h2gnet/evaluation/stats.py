@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from h2gnet.atomic import write_text
+from h2gnet.io.atomic import write_text
 
 
 def tukey_table(dice_by_design: Mapping[str, Sequence[float]]) -> tuple[list[str], np.ndarray]:

@@ -34,8 +34,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from h2gnet.atomic import write_text
-from h2gnet.raster import Raster
+from h2gnet.io import annotations
+from h2gnet.io.atomic import write_text
+from h2gnet.io.raster import Raster
 
 DEFAULT_MIN_AREA_UM2 = 500.0
 """Default speck/hole size below which regions are dropped (µm²), about a 22 µm square."""
@@ -199,7 +200,7 @@ def feature_polygons(fc: Mapping[str, Any], classes: Iterable[str] | None = None
 
     Only Polygon and MultiPolygon geometries are read; ``classes`` keeps only
     features whose classification name is one of these, case-insensitively
-    (None: all), like :func:`h2gnet.annotations.load_geojson`.
+    (None: all), like :func:`h2gnet.io.annotations.load_geojson`.
     """
     wanted = None if classes is None else {c.lower() for c in classes}
     polygons: list[list[np.ndarray]] = []
@@ -222,11 +223,10 @@ def geojson_to_mask(
 ) -> Raster:
     """Rasterise a FeatureCollection (dict or file) to a boolean whole-slide mask at ``mpp`` µm/px.
 
-    Uses :func:`h2gnet.annotations.rasterize` (the project's one rasteriser);
-    a file is read with :func:`h2gnet.annotations.load_geojson`.
+    Uses :func:`h2gnet.io.annotations.rasterize` (the project's one rasteriser);
+    a file is read with :func:`h2gnet.io.annotations.load_geojson`.
     ``slide_dims_l0`` is (width, height) in level-0 px.
     """
-    from h2gnet import annotations  # lazy: written alongside this module
 
     if isinstance(fc_or_path, Mapping):
         polygons = feature_polygons(fc_or_path, classes)

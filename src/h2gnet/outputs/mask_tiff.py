@@ -4,7 +4,7 @@ File layout
 -----------
 * Level 0 is the mask at its own resolution (or at a requested ``mpp``), covering
   the whole slide: ``round(height_l0 / d) x round(width_l0 / d)`` pixels with
-  ``d = mpp / slide_mpp`` (the same rounding as :meth:`h2gnet.raster.Raster.to_mpp`).
+  ``d = mpp / slide_mpp`` (the same rounding as :meth:`h2gnet.io.raster.Raster.to_mpp`).
 * Reduced levels halve each side (``ceil``) until both sides are <= 512 px.
   They are **top-level pages** (NewSubfileType = 1), not SubIFDs, because
   OpenSlide reads generic-TIFF pyramids only from top-level directories.
@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from h2gnet.atomic import atomic_path
 from h2gnet.errors import H2GNetError
-from h2gnet.raster import Raster
+from h2gnet.io.atomic import atomic_path
+from h2gnet.io.raster import Raster
 
 BINARY_FOREGROUND = 255
 """Value written for tumour pixels of a boolean mask."""

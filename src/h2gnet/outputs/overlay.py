@@ -17,9 +17,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from h2gnet.atomic import atomic_path
 from h2gnet.errors import H2GNetError
-from h2gnet.raster import Raster
+from h2gnet.io.atomic import atomic_path
+from h2gnet.io.raster import Raster
 
 PRED_COLOR = (0, 255, 0)
 TRUTH_COLOR = (0, 200, 255)

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from h2gnet.atomic import write_text
 from h2gnet.errors import H2GNetError
+from h2gnet.io.atomic import write_text
 from h2gnet.synth.annotation import geojson_text
 from h2gnet.synth.noise import sub_seed
 from h2gnet.synth.slide import render_slide

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from h2gnet.atomic import atomic_path
+from h2gnet.io.atomic import atomic_path
 from h2gnet.synth.pyramid import write_pyramid_tiff
 from h2gnet.synth.scene import SceneRenderer
 from h2gnet.synth.spec import SlideSpec

@@ -1,0 +1,1 @@
+"""FAST / FastPathology: ONNX graph edits, the ``.fpl`` pipeline text, and the pyFAST runner."""

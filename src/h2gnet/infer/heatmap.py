@@ -1,0 +1,160 @@
+"""Stage-1 inference: the patch classifier over a slide's tissue, stitched into a heatmap (section 2.5).
+
+The slide is covered by the patch grid (patch side = the model's input size at
+its µm/px, 256 px at 1.0 µm/px by default); patches with enough tissue are
+read on background threads, batched, and classified by ONNX Runtime; each
+patch's tumour probability becomes one heatmap pixel. Memory is bounded by
+the prefetch depth whatever the slide size; no level-0 canvas exists.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from h2gnet.conventions import HEATMAP_SUFFIX
+from h2gnet.errors import H2GNetError
+from h2gnet.infer.runtime import OnnxModel
+from h2gnet.io.atomic import atomic_path
+from h2gnet.io.raster import Raster
+from h2gnet.io.slides import Slide, open_slide
+from h2gnet.patches.grid import MIN_TISSUE, PatchGrid, cell_fractions
+from h2gnet.patches.tissue import detect_tissue
+
+
+@dataclass
+class HeatmapStats:
+    """What a heatmap run did: patch count and seconds per stage."""
+
+    patches: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def patch_grid_for(slide: Slide, model: OnnxModel) -> PatchGrid:
+    """The slide's patch grid at the classifier's input size and µm/px."""
+    return PatchGrid(slide.dimensions, slide.mpp, model.input_size, model.mpp)
+
+
+def tissue_patches(grid: PatchGrid, tissue: Raster, min_tissue: float = MIN_TISSUE) -> tuple[np.ndarray, ...]:
+    """(rows, cols, xs, ys) of the grid cells with more than ``min_tissue`` tissue (fraction);
+    xs, ys are level-0 px. These are the patches a heatmap classifies."""
+    rows, cols = np.nonzero(cell_fractions(tissue, grid) > min_tissue)
+    xs, ys = grid.locations(rows, cols)
+    return rows, cols, xs, ys
+
+
+def _read_input_batch(slide: Slide, xs: np.ndarray, ys: np.ndarray, size: int, mpp: float) -> np.ndarray:
+    """float32 NCHW in [0, 1], the network's input, made on the reader thread (off the inference loop)."""
+    batch = np.empty((len(xs), size, size, 3), np.uint8)
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        batch[i] = slide.read_region((int(x), int(y)), (size, size), mpp)
+    out = np.empty((len(xs), 3, size, size), np.float32)
+    np.multiply(batch.transpose(0, 3, 1, 2), np.float32(1.0 / 255.0), out=out)
+    return out
+
+
+def patch_batches(slide: Slide, xs: np.ndarray, ys: np.ndarray, size: int, mpp: float, batch_size: int,
+             readers: int, prefetch: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, float32 NCHW [0, 1] batch) in order, read ``prefetch`` batches ahead on ``readers`` threads."""
+    starts = list(range(0, len(xs), batch_size))
+    with ThreadPoolExecutor(max(1, readers)) as pool:
+        pending: deque = deque()
+        for start in starts:
+            pending.append((start, pool.submit(_read_input_batch, slide, xs[start:start + batch_size],
+                                               ys[start:start + batch_size], size, mpp)))
+            if len(pending) > prefetch:
+                s, fut = pending.popleft()
+                yield s, fut.result()
+        while pending:
+            s, fut = pending.popleft()
+            yield s, fut.result()
+
+
+def compute_heatmap(slide: Slide, model: OnnxModel, tissue: Raster, min_tissue: float = MIN_TISSUE,
+                    batch_size: int = 16, readers: int = 2, progress: bool = True,
+                    stats: HeatmapStats | None = None) -> Raster:
+    """Tumour-probability heatmap (float32, one pixel per patch; 0 where no patch was classified)."""
+    from tqdm.auto import tqdm
+
+    grid = patch_grid_for(slide, model)
+    t0 = time.perf_counter()
+    rows, cols, xs, ys = tissue_patches(grid, tissue, min_tissue)
+    heat = np.zeros(grid.shape, np.float32)
+    if len(rows) == 0:
+        raise H2GNetError(slide.path, f"no patch has more than {min_tissue:.0%} tissue; nothing to classify")
+    tumour_col = model.classes.index("tumour") if "tumour" in model.classes else -1
+    t_infer = 0.0
+    with tqdm(total=len(rows), desc=f"heatmap {slide.name}", unit="patch", disable=not progress) as bar:
+        for start, batch in patch_batches(slide, xs, ys, model.input_size, model.mpp, batch_size, readers,
+                                     prefetch=max(2, readers * 2)):
+            t1 = time.perf_counter()
+            probs = model(batch)
+            t_infer += time.perf_counter() - t1
+            sel = slice(start, start + len(batch))
+            heat[rows[sel], cols[sel]] = probs[:, tumour_col]
+            bar.update(len(batch))
+    if stats is not None:
+        stats.patches = int(len(rows))
+        stats.seconds["heatmap"] = time.perf_counter() - t0
+        stats.seconds["inference"] = t_infer
+    return Raster(heat, grid.cell_mpp, slide.mpp)
+
+
+def heatmap_cohort(entries: list, out_dir: str | Path, model: OnnxModel, overwrite: bool = False,
+                   min_tissue: float = MIN_TISSUE, batch_size: int = 16, readers: int = 2,
+                   progress: bool = True) -> list[str]:
+    """Heatmaps of manifest ``entries`` into ``out_dir`` (``NAME.heatmap.tiff``); existing ones are kept
+    unless ``overwrite``. Returns the errors of slides that failed (the others are still done)."""
+
+    failures = []
+    for e in entries:
+        target = Path(out_dir) / f"{e.key}{HEATMAP_SUFFIX}"
+        if target.exists() and not overwrite:
+            continue
+        try:
+            with open_slide(e.slide, e.mpp) as slide:
+                heat = compute_heatmap(slide, model, detect_tissue(slide), min_tissue, batch_size, readers, progress)
+                save_heatmap(target, heat, slide.dimensions, str(slide.path))
+        except H2GNetError as exc:
+            failures.append(str(exc))
+    return failures
+
+
+# -- storage ---------------------------------------------------------------------------
+def save_heatmap(path: str | Path, heatmap: Raster, extent_l0: tuple[int, int], slide: str = "") -> Path:
+    """A float32 TIFF (one pixel per patch) with µm/px resolution tags and JSON metadata."""
+    import tifffile
+
+    meta = {"h2gnet_kind": "heatmap", "mpp": heatmap.mpp, "slide_mpp": heatmap.slide_mpp,
+            "extent_l0": list(extent_l0), "slide": slide}
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, heatmap.array.astype(np.float32), description=json.dumps(meta),
+                         resolution=(1e4 / heatmap.mpp, 1e4 / heatmap.mpp), resolutionunit="CENTIMETER",
+                         compression="zlib", metadata=None)
+    return Path(path)
+
+
+def load_heatmap(path: str | Path) -> tuple[Raster, tuple[int, int]]:
+    """(heatmap raster, slide extent in level-0 px) from :func:`save_heatmap`'s file."""
+    import tifffile
+
+    path = Path(path)
+    if not path.exists():
+        raise H2GNetError(path, "no such heatmap file")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            meta = json.loads(page.description)
+            arr = page.asarray()
+    except Exception as exc:  # tifffile/json raise many types for bad files
+        raise H2GNetError(path, f"is not an h2gnet heatmap ({type(exc).__name__})") from None
+    if meta.get("h2gnet_kind") != "heatmap":
+        raise H2GNetError(path, "is not an h2gnet heatmap")
+    return Raster(arr.astype(np.float32), float(meta["mpp"]), float(meta["slide_mpp"])), tuple(meta["extent_l0"])

@@ -1,0 +1,261 @@
+"""``h2gnet segment``: slides in, tumour segmentations out (ONNX Runtime only, no PyTorch).
+
+Per slide, in a flat output folder, files named after the slide:
+
+* ``NAME.mask.tiff`` — pyramidal tiled tumour mask (0/255) with µm/px tags (OpenSlide, QuPath);
+* ``NAME.geojson`` — the tumour region as QuPath annotations (level-0 px, class "Tumor");
+* ``NAME.heatmap.tiff`` — stage-1 tumour probabilities, one pixel per patch;
+* ``NAME.overlay.png`` — thumbnail with heatmap and outline;
+* ``NAME.json`` — summary: areas, timings, models and checksums, version.
+
+The summary is written last, so its presence means the slide is done; a run
+over many slides keeps ``status.csv`` (done / failed with the error / skipped)
+and skips finished slides when run again.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from h2gnet import __version__
+from h2gnet.conventions import HEATMAP_SUFFIX, STATUS_FILE, slide_outputs
+from h2gnet.errors import H2GNetError
+from h2gnet.infer.heatmap import HeatmapStats, compute_heatmap, load_heatmap, save_heatmap
+from h2gnet.infer.refine_input import REFINE_SIZE, low_resolution, refine
+from h2gnet.infer.runtime import OnnxModel, default_threads
+from h2gnet.io.atomic import write_text
+from h2gnet.io.manifest import read_manifest
+from h2gnet.io.raster import Raster
+from h2gnet.io.slides import Slide, open_slide
+from h2gnet.outputs.geojson import mask_to_geojson, write_geojson
+from h2gnet.outputs.mask_tiff import write_mask_tiff
+from h2gnet.outputs.overlay import render_overlay, write_png
+from h2gnet.patches.grid import MIN_TISSUE
+from h2gnet.patches.tissue import detect_tissue, tissue_area_mm2
+
+OVERLAY_MAX_SIDE = 2048
+
+
+@dataclass
+class SegmentConfig:
+    """Inference settings.
+
+    ``refine_model`` None gives the patch-wise result (heatmap > 0.5); a 3-channel
+    refiner (UNet-LR) needs no ``patch_model``. ``heatmap_dir``: reuse stage-1
+    heatmaps found there (``NAME.heatmap.tiff``) instead of recomputing them.
+    """
+
+    patch_model: Path | None
+    refine_model: Path | None = None
+    heatmap_dir: Path | None = None
+    device: str = "cpu"
+    threads: int | None = None
+    precision: str = "fp32"
+    batch_size: int = 16
+    readers: int = 2
+    min_tissue: float = MIN_TISSUE
+    threshold: float = 0.5
+    progress: bool = True
+
+
+@dataclass
+class Models:
+    """Loaded ONNX models (load once, segment many slides)."""
+
+    patch: OnnxModel | None
+    refine: OnnxModel | None
+
+    @classmethod
+    def load(cls, cfg: SegmentConfig) -> Models:
+        threads = cfg.threads or default_threads()
+
+        def load(path: Path | None, kind: str) -> OnnxModel | None:
+            return None if path is None else OnnxModel(Path(path), kind, cfg.device, threads, cfg.precision)
+
+        with ThreadPoolExecutor(1) as pool:  # ONNX Runtime builds sessions without the GIL: both at once
+            refiner = pool.submit(load, cfg.refine_model, "refiner")
+            patch = load(cfg.patch_model, "patch-classifier")
+            ref = refiner.result()
+        if ref is not None and ref.in_channels not in (3, 4):
+            raise H2GNetError(ref.path, f"takes {ref.in_channels} channels; a refiner takes 4 (RGB + heatmap) "
+                                        "or 3 (UNet-LR)")
+        if patch is None and (ref is None or ref.in_channels != 3):
+            raise H2GNetError(None, "a patch model is needed (only a 3-channel UNet-LR refiner works without one)")
+        return cls(patch, ref)
+
+
+def check_writable(out_dir: Path) -> None:
+    """Create ``out_dir`` and prove we can write there, before any work is done."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".h2gnet-write-test-"):
+            pass
+    except OSError as exc:
+        raise H2GNetError(out_dir, f"output folder is not writable ({exc.strerror or exc})") from None
+
+
+def _thumbnail(low_rgb: np.ndarray) -> np.ndarray:
+    img = low_rgb
+    scale = OVERLAY_MAX_SIDE / max(img.shape[:2])
+    if scale < 1:
+        img = cv2.resize(img, (round(img.shape[1] * scale), round(img.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+    return img
+
+
+def segment_slide(slide: Slide | str | Path, out_dir: str | Path, models: Models, cfg: SegmentConfig,
+                  mpp: float | None = None) -> dict:
+    """Segment one slide and write its outputs; returns the summary (also ``NAME.json``)."""
+
+    out_dir = Path(out_dir)
+    if not isinstance(slide, Slide):
+        slide = open_slide(slide, mpp)
+    paths = slide_outputs(out_dir, slide.name).as_dict()
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    tissue = detect_tissue(slide)
+    timings["tissue"] = time.perf_counter() - t
+    stats = HeatmapStats()
+    heat = None
+    size = (models.refine.input_size or REFINE_SIZE) if models.refine else REFINE_SIZE
+    with ThreadPoolExecutor(1) as pool:
+        # the low-resolution image does not depend on the heatmap: read it while the patches run
+        low_future = pool.submit(low_resolution, slide, size)
+        if models.patch is not None:
+            cached = Path(cfg.heatmap_dir) / f"{slide.name}{HEATMAP_SUFFIX}" if cfg.heatmap_dir else None
+            if cached is not None and cached.exists():
+                heat, _ = load_heatmap(cached)
+            else:
+                heat = compute_heatmap(slide, models.patch, tissue, cfg.min_tissue, cfg.batch_size, cfg.readers,
+                                       cfg.progress, stats)
+            timings.update(stats.seconds)
+        t = time.perf_counter()
+        low = low_future.result()
+    if models.refine is not None:
+        prob = refine(models.refine, low, heat)
+        mask = Raster(prob.array > cfg.threshold, prob.mpp, prob.slide_mpp)
+    else:
+        assert heat is not None
+        mask = Raster(heat.array > cfg.threshold, heat.mpp, heat.slide_mpp)
+    timings["refinement"] = time.perf_counter() - t
+    t = time.perf_counter()
+    with ThreadPoolExecutor(1) as pool:  # OpenCV and the encoders release the GIL: two outputs at a time
+        overlay = pool.submit(lambda path: write_png(path, render_overlay(_thumbnail(low.image), heat, mask)),
+                              paths["overlay"])
+        write_mask_tiff(paths["mask"], mask, slide.dimensions)
+        write_geojson(paths["geojson"], mask_to_geojson(mask))
+        if heat is not None:
+            save_heatmap(paths["heatmap"], heat, slide.dimensions, str(slide.path))
+        else:
+            del paths["heatmap"]
+        overlay.result()
+    timings["write"] = time.perf_counter() - t
+    summary = {
+        "slide": str(slide.path), "name": slide.name, "h2gnet_version": __version__,
+        "slide_mpp": slide.mpp, "dimensions_l0": list(slide.dimensions),
+        "tumour_area_mm2": tissue_area_mm2(mask), "tissue_area_mm2": tissue_area_mm2(tissue),
+        "patches": stats.patches, "mask_mpp": mask.mpp, "heatmap_mpp": heat.mpp if heat is not None else None,
+        "design": _design(models),
+        "models": {name: {"path": str(m.path.resolve()), "sha256": m.sha256(), "arch": m.metadata.get("arch")}
+                   for name, m in (("patch", models.patch), ("refine", models.refine)) if m is not None},
+        "device": cfg.device, "engine": models.patch.engine if models.patch else models.refine.engine,
+        "seconds": {k: round(v, 3) for k, v in timings.items()},
+        "outputs": {k: p.name for k, p in paths.items()},
+    }
+    summary["seconds"]["total"] = round(sum(v for k, v in timings.items() if k != "inference"), 3)
+    write_text(paths["summary"], json.dumps(summary, indent=2))
+    return summary
+
+
+def _design(models: Models) -> str:
+    if models.refine is None:
+        return "patch-wise (heatmap > 0.5)"
+    if models.patch is None:
+        return "low-resolution network only (UNet-LR)"
+    return "patch-wise + refinement"
+
+
+# -- many slides --------------------------------------------------------------------------
+def expand_inputs(inputs: list[str]) -> list[tuple[Path, float | None]]:
+    """Slides from paths, globs and manifests (``.csv``), with per-slide µm/px overrides from manifests."""
+
+    out: list[tuple[Path, float | None]] = []
+    for item in inputs:
+        if item.lower().endswith(".csv"):
+            out += [(e.slide, e.mpp) for e in read_manifest(item, check_files=False)]
+        elif any(ch in item for ch in "*?["):
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                raise H2GNetError(item, "the pattern matches no file")
+            out += [(Path(m), None) for m in matches]
+        else:
+            out.append((Path(item), None))
+    seen: set[Path] = set()
+    unique = []
+    for path, mpp in out:
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            unique.append((path, mpp))
+    names = [p.stem for p, _ in unique]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise H2GNetError(None, f"several input slides are named {', '.join(dupes)}; outputs are named after "
+                                "the slide, so segment them into different folders")
+    return unique
+
+
+def _write_status(out_dir: Path, rows: dict[str, dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["slide", "status", "seconds", "error"], lineterminator="\n")
+    writer.writeheader()
+    for row in rows.values():
+        writer.writerow(row)
+    write_text(out_dir / STATUS_FILE, buf.getvalue())
+
+
+def _read_status(out_dir: Path) -> dict[str, dict]:
+    path = out_dir / STATUS_FILE
+    if not path.exists():
+        return {}
+    return {r["slide"]: r for r in csv.DictReader(io.StringIO(path.read_text()))}
+
+
+def segment_many(inputs: list[str], out_dir: str | Path, cfg: SegmentConfig, mpp: float | None = None,
+                 overwrite: bool = False) -> dict[str, dict]:
+    """Segment every input slide into ``out_dir``; one failure does not stop the others.
+
+    Returns the status table (slide → {status, seconds, error}); ``status.csv`` is
+    rewritten after every slide, so an interrupted run shows where it stopped.
+    """
+    out_dir = Path(out_dir)
+    slides = expand_inputs(inputs)
+    check_writable(out_dir)
+    models = Models.load(cfg)
+    status = _read_status(out_dir)
+    for path, slide_mpp in slides:
+        key = str(path)
+        summary = slide_outputs(out_dir, path.stem).summary
+        if summary.exists() and not overwrite:
+            status[key] = {"slide": key, "status": "skipped", "seconds": "0", "error": "already done"}
+            _write_status(out_dir, status)
+            continue
+        t = time.perf_counter()
+        try:
+            segment_slide(path, out_dir, models, cfg, slide_mpp or mpp)
+            status[key] = {"slide": key, "status": "done", "seconds": f"{time.perf_counter() - t:.2f}", "error": ""}
+        except H2GNetError as exc:
+            status[key] = {"slide": key, "status": "failed", "seconds": f"{time.perf_counter() - t:.2f}",
+                           "error": str(exc)}
+        _write_status(out_dir, status)
+    return {str(p): status[str(p)] for p, _ in slides}
+

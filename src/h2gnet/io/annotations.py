@@ -1,0 +1,264 @@
+"""Tumour annotations: QuPath GeoJSON exports and mask images.
+
+GeoJSON coordinates are **level-0 pixels** (QuPath's export frame). Polygons
+are returned as lists of rings, each a float64 ``(N, 2)`` array of (x, y); the
+first ring is the exterior, the rest are holes.
+
+Mask images (PNG/TIFF, non-zero = tumour) are stored at a stated
+``downsample`` relative to level 0; the paper exported PNGs at downsample 4.
+
+Rasterisation always happens at a requested low resolution (µm/px): no
+level-0 canvas is ever built.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from h2gnet.errors import H2GNetError
+from h2gnet.io.raster import Raster
+
+Polygon = list[np.ndarray]
+
+GEOJSON_SUFFIXES = {".geojson", ".json"}
+MASK_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp"}
+#: The paper's mask export downsample.
+DEFAULT_MASK_DOWNSAMPLE = 4.0
+#: Annotations may overhang the slide by this fraction of its size before they are rejected.
+BOUNDS_SLACK = 0.02
+
+
+# -- GeoJSON ---------------------------------------------------------------------------
+def _features(doc: Any) -> Iterator[dict]:
+    if isinstance(doc, list):
+        for item in doc:
+            yield from _features(item)
+    elif isinstance(doc, dict):
+        kind = doc.get("type")
+        if kind == "FeatureCollection":
+            yield from _features(doc.get("features", []))
+        elif kind == "Feature":
+            yield doc
+        elif kind in {"Polygon", "MultiPolygon", "GeometryCollection"}:
+            yield {"type": "Feature", "geometry": doc, "properties": {}}
+
+
+def feature_class(feature: dict) -> str | None:
+    """The QuPath classification name of a feature (None when unclassified)."""
+    props = feature.get("properties") or {}
+    cls = props.get("classification")
+    if isinstance(cls, dict):
+        return cls.get("name")
+    if isinstance(cls, str):
+        return cls
+    return None
+
+
+def _geometry_polygons(geom: dict | None) -> Iterator[list]:
+    if not geom:
+        return
+    kind = geom.get("type")
+    if kind == "Polygon":
+        yield geom.get("coordinates", [])
+    elif kind == "MultiPolygon":
+        yield from geom.get("coordinates", [])
+    elif kind == "GeometryCollection":
+        for sub in geom.get("geometries", []):
+            yield from _geometry_polygons(sub)
+
+
+def _to_rings(raw: list, path: Path) -> Polygon:
+    rings = []
+    for ring in raw:
+        try:
+            arr = np.asarray(ring, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise H2GNetError(path, "has a polygon ring that is not a list of [x, y] numbers") from None
+        if arr.ndim != 2 or arr.shape[1] < 2:
+            raise H2GNetError(path, "has a polygon ring that is not a list of [x, y] points")
+        if not np.isfinite(arr).all():
+            raise H2GNetError(path, "has non-finite polygon coordinates")
+        if len(arr) >= 3:
+            rings.append(arr[:, :2])
+    return rings
+
+
+def load_geojson(path: str | Path, classes: Iterable[str] | None = None) -> list[Polygon]:
+    """Polygons (level-0 px) of a QuPath GeoJSON export.
+
+    Accepts a FeatureCollection, a Feature, a list of Features or a bare
+    geometry; Polygon, MultiPolygon and GeometryCollection geometries.
+    ``classes``: keep only features whose classification name is one of these
+    (case-insensitive); None keeps every feature.
+    """
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise H2GNetError(path, "no such file") from None
+    except json.JSONDecodeError as exc:
+        raise H2GNetError(path, f"is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise H2GNetError(path, f"cannot be read: {exc}") from None
+    wanted = None if classes is None else {c.lower() for c in classes}
+    polygons: list[Polygon] = []
+    n_features = 0
+    for feature in _features(doc):
+        n_features += 1
+        if wanted is not None and (feature_class(feature) or "").lower() not in wanted:
+            continue
+        for raw in _geometry_polygons(feature.get("geometry")):
+            rings = _to_rings(raw, path)
+            if rings:
+                polygons.append(rings)
+    if n_features == 0 and not (isinstance(doc, (dict, list))):
+        raise H2GNetError(path, "is JSON but not GeoJSON (no Feature, FeatureCollection or geometry)")
+    return polygons
+
+
+def polygon_bounds(polygons: list[Polygon]) -> tuple[float, float, float, float] | None:
+    """(min_x, min_y, max_x, max_y) over all rings, or None when empty."""
+    if not polygons:
+        return None
+    pts = np.concatenate([ring for poly in polygons for ring in poly])
+    return float(pts[:, 0].min()), float(pts[:, 1].min()), float(pts[:, 0].max()), float(pts[:, 1].max())
+
+
+def check_bounds(polygons: list[Polygon], extent_l0: tuple[int, int], path: str | Path) -> None:
+    """Reject annotations that reach well outside the slide (wrong coordinate frame)."""
+    bounds = polygon_bounds(polygons)
+    if bounds is None:
+        return
+    w, h = extent_l0
+    min_x, min_y, max_x, max_y = bounds
+    slack_x, slack_y = BOUNDS_SLACK * w, BOUNDS_SLACK * h
+    if min_x < -slack_x or min_y < -slack_y or max_x > w + slack_x or max_y > h + slack_y:
+        raise H2GNetError(
+            path,
+            f"annotation coordinates span x {min_x:.0f}…{max_x:.0f}, y {min_y:.0f}…{max_y:.0f} but the slide is "
+            f"{w}×{h} level-0 px: outside the slide or in another coordinate frame (they must be level-0 pixels)",
+        )
+
+
+def _fill_polygon(mask: np.ndarray, rings: list[np.ndarray]) -> None:
+    """OR into ``mask`` the pixels whose centres lie inside ``rings`` (even-odd: holes excluded).
+
+    ``rings`` are in raster coordinates (pixel c spans [c, c + 1), centre c + 0.5).
+    A scanline rasteriser of our own: OpenCV's fillPoly includes outline pixels
+    (a bias of about one pixel per edge), which shows up in round trips.
+    """
+    rows, cols = mask.shape
+    pts = np.concatenate(rings)
+    r0, r1 = max(0, int(np.floor(pts[:, 1].min()))), min(rows, int(np.ceil(pts[:, 1].max())) + 1)
+    c0, c1 = max(0, int(np.floor(pts[:, 0].min()))), min(cols, int(np.ceil(pts[:, 0].max())) + 1)
+    if r0 >= r1 or c0 >= c1:
+        return
+    toggles = np.zeros((r1 - r0, c1 - c0 + 1), np.int32)
+    for ring in rings:
+        a, b = ring, np.roll(ring, -1, axis=0)
+        lo, hi = np.minimum(a[:, 1], b[:, 1]), np.maximum(a[:, 1], b[:, 1])
+        first = np.clip(np.ceil(lo - 0.5).astype(np.int64), r0, r1)  # rows whose centre is in [lo, hi)
+        stop = np.clip(np.ceil(hi - 0.5).astype(np.int64), r0, r1)
+        counts = np.maximum(stop - first, 0)
+        if counts.sum() == 0:
+            continue
+        edge = np.repeat(np.arange(len(a)), counts)
+        offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        r = first[edge] + offsets
+        t = (r + 0.5 - a[edge, 1]) / (b[edge, 1] - a[edge, 1])
+        x = a[edge, 0] + t * (b[edge, 0] - a[edge, 0])
+        c = np.clip(np.ceil(x - 0.5).astype(np.int64), c0, c1) - c0  # first pixel whose centre is right of x
+        np.add.at(toggles, (r - r0, c), 1)
+    inside = (np.cumsum(toggles, axis=1) & 1)[:, :-1].astype(bool)
+    mask[r0:r1, c0:c1] |= inside
+
+
+def rasterize(polygons: list[Polygon], extent_l0: tuple[int, int], slide_mpp: float, mpp: float) -> Raster:
+    """Boolean mask of ``polygons`` at ``mpp`` µm/px over a slide of ``extent_l0`` = (width, height) px.
+
+    A raster pixel is set when its centre is inside a polygon (holes excluded);
+    the result is the union of all polygons.
+    """
+    d = mpp / slide_mpp
+    rows, cols = max(1, round(extent_l0[1] / d)), max(1, round(extent_l0[0] / d))
+    mask = np.zeros((rows, cols), dtype=bool)
+    for poly in polygons:
+        _fill_polygon(mask, [ring / d for ring in poly])
+    return Raster(mask, mpp, slide_mpp)
+
+
+# -- mask images -----------------------------------------------------------------------
+def _read_mask_pixels(path: Path) -> np.ndarray:
+    if path.suffix.lower() in {".tif", ".tiff"}:
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                arr = tif.pages[0].asarray()
+        except Exception as exc:  # tifffile raises many types for bad files
+            raise H2GNetError(path, f"cannot be read as a TIFF mask: {exc}") from None
+    else:
+        arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if arr is None:
+            raise H2GNetError(path, "cannot be read as a mask image (missing, corrupt or unsupported)")
+    if arr.ndim == 3:
+        arr = arr[..., :3].max(axis=2)
+    return arr
+
+
+def load_mask_image(
+    path: str | Path, extent_l0: tuple[int, int], slide_mpp: float, downsample: float = DEFAULT_MASK_DOWNSAMPLE
+) -> Raster:
+    """A mask image (non-zero = tumour) stored at ``downsample`` relative to level 0.
+
+    Its size must match the slide's level-0 size divided by ``downsample``
+    (±1 px for rounding); otherwise the downsample is wrong and we say so.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise H2GNetError(path, "no such file")
+    arr = _read_mask_pixels(path)
+    want_rows, want_cols = extent_l0[1] / downsample, extent_l0[0] / downsample
+    rows, cols = arr.shape
+    if abs(rows - want_rows) > 1.0 or abs(cols - want_cols) > 1.0:
+        raise H2GNetError(
+            path,
+            f"mask is {cols}×{rows} px but the slide ({extent_l0[0]}×{extent_l0[1]} level-0 px) at downsample "
+            f"{downsample:g} is {want_cols:.0f}×{want_rows:.0f}: wrong downsample or a mask of another slide",
+        )
+    return Raster(arr > 0, slide_mpp * downsample, slide_mpp)
+
+
+# -- one entry point --------------------------------------------------------------------
+def load_annotation(
+    path: str | Path,
+    extent_l0: tuple[int, int],
+    slide_mpp: float,
+    mpp: float,
+    classes: Iterable[str] | None = None,
+    mask_downsample: float = DEFAULT_MASK_DOWNSAMPLE,
+) -> Raster:
+    """Tumour mask at ``mpp`` µm/px from a GeoJSON file or a mask image.
+
+    ``extent_l0``: the slide's (width, height) in level-0 px; ``slide_mpp``: its
+    level-0 µm/px.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in GEOJSON_SUFFIXES:
+        polygons = load_geojson(path, classes)
+        if not polygons:
+            warnings.warn(f"{path}: no annotation polygons (treating the slide as tumour-free)", stacklevel=2)
+        check_bounds(polygons, extent_l0, path)
+        return rasterize(polygons, extent_l0, slide_mpp, mpp)
+    if suffix in MASK_SUFFIXES:
+        mask = load_mask_image(path, extent_l0, slide_mpp, mask_downsample)
+        return mask.to_mpp(mpp, extent_l0)
+    raise H2GNetError(path, f"unknown annotation format {suffix!r} (expected .geojson/.json or a mask image)")

@@ -1,0 +1,320 @@
+"""The paper's ablation study (section 3.2, Tables 1–2, Supplementary Table 1) from one config file.
+
+Designs: (I) Otsu, (II) UNet-LR, (III) Inc-PW, (IV) Mob-PW, (V) Mob-KM-PW,
+(VI) Mob-PW-UNet, (VII) Mob-PW-AGUNet, (VIII) Mob-PW-DAGUNet,
+(IX) Mob-PW-DoubleUNet. Each is trained on the train split, selected on the
+val split and evaluated on the test split. Every step leaves its result in the
+output folder and is skipped when run again, so an interrupted study resumes
+where it stopped. ``h2gnet demo`` is the same machinery with two designs.
+
+Layout of the output folder::
+
+    cohort/              phantom cohort (unless the config names a manifest)
+    index/               patch index
+    runs/<model>/        training runs (model.onnx, log.csv, …)
+    heatmaps/<model>/    stage-1 heatmaps of every slide (Mob-PW; refinement input)
+    predictions/<design>/  masks, GeoJSON, overlays of the test slides
+    results/             table1.md/.csv, table2.md, tukey.md/.csv, slides.csv,
+                         dice_boxplot.png, figure4.png, report.html
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from h2gnet.conventions import EVAL_MPP, METRICS_FILE, MODEL_FILE, slide_outputs
+from h2gnet.errors import H2GNetError
+from h2gnet.evaluation.metrics import summarise_designs, values_by_design
+from h2gnet.evaluation.predictions import evaluate_predictions
+from h2gnet.evaluation.stats import write_tukey
+from h2gnet.evaluation.summary import (
+    boxplot_png,
+    format_mean_std,
+    write_slides_csv,
+    write_summary_json,
+    write_summary_markdown,
+)
+from h2gnet.infer.heatmap import heatmap_cohort
+from h2gnet.infer.runtime import OnnxModel
+from h2gnet.infer.segment import SegmentConfig, segment_many
+from h2gnet.io.atomic import write_text
+from h2gnet.io.manifest import read_manifest, select
+from h2gnet.io.slides import open_slide
+from h2gnet.outputs.mask_tiff import write_mask_tiff
+from h2gnet.patches.grid import index_cohort
+from h2gnet.patches.tissue import otsu_tissue
+from h2gnet.study.designs import DESIGNS, PAPER_TABLE1
+from h2gnet.study.report import write_figure4, write_html_report
+from h2gnet.synth import make_cohort
+from h2gnet.train.cluster_guiding import ClusterConfig, fit_cohort_clustering
+from h2gnet.train.clustering import ARRAYS_FILE
+from h2gnet.train.patch_classifier import PatchTrainConfig, train_patch_classifier
+from h2gnet.train.refiner import RefineTrainConfig, train_refiner
+from h2gnet.train.run_state import read_log
+
+
+@dataclass
+class Study:
+    """A loaded config and its output folder."""
+
+    config: dict
+    out: Path
+    progress: bool = True
+
+    def section(self, name: str) -> dict:
+        return dict(self.config.get(name, {}))
+
+    @property
+    def designs(self) -> list[str]:
+        designs = list(self.config.get("designs", DESIGNS))
+        unknown = [d for d in designs if d not in DESIGNS]
+        if unknown:
+            raise H2GNetError(None, f"unknown design(s) {', '.join(unknown)}; known: {', '.join(DESIGNS)}")
+        return designs
+
+
+def load_config(path: str | Path | None, builtin: str = "ablation-cpu") -> dict:
+    """A TOML config file, or a built-in one (``ablation-cpu``, ``ablation-paper``, ``demo``)."""
+    if path is None:
+        text = resources.files("h2gnet.configs").joinpath(f"{builtin}.toml").read_text(encoding="utf-8")
+        return tomllib.loads(text)
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise H2GNetError(path, "no such config file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise H2GNetError(path, f"is not valid TOML: {exc}") from None
+
+
+# -- steps ---------------------------------------------------------------------------------
+def _log(study: Study, message: str) -> None:
+    if study.progress:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def step_cohort(study: Study) -> Path:
+    """The cohort's manifest: the config's ``cohort.manifest``, or a phantom cohort made once."""
+    cohort = study.section("cohort")
+    if "manifest" in cohort:
+        return Path(cohort["manifest"]).resolve()
+    manifest = study.out / "cohort" / "manifest.csv"
+    if not manifest.exists():
+
+        _log(study, f"phantom cohort: {cohort.get('slides', 24)} slides")
+        make_cohort(study.out / "cohort", n_slides=int(cohort.get("slides", 24)), seed=int(cohort.get("seed", 0)),
+                    width=cohort.get("width"), height=cohort.get("height"), mpp=cohort.get("mpp"),
+                    progress=study.progress, val_fraction=float(cohort.get("val_fraction", 0.2)),
+                    test_fraction=float(cohort.get("test_fraction", 0.2)))
+    return manifest
+
+
+def step_index(study: Study, manifest: Path) -> Path:
+
+    index = study.out / "index"
+    rows, failures = index_cohort(read_manifest(manifest), index, progress=study.progress)
+    if failures:
+        raise H2GNetError(failures[0][0], f"patch indexing failed: {failures[0][1]}")
+    return index
+
+
+def step_patch_model(study: Study, manifest: Path, index: Path, name: str) -> Path:
+    """Train one stage-1 model: "mob", "inc" or "mob-km" (cluster-guided)."""
+
+    run = study.out / "runs" / name
+    if (run / MODEL_FILE).exists() and (run / METRICS_FILE).exists():
+        return run / MODEL_FILE
+    settings = study.section("patch")
+    settings.update(study.section({"inc": "inception", "mob-km": "kmeans-patch"}.get(name, "mobilenet")))
+    clusters = None
+    if name == "mob-km":
+        clusters = step_clusters(study, manifest, index)
+    _log(study, f"training patch classifier {name}")
+    cfg = PatchTrainConfig(manifest=str(manifest), index_dir=str(index),
+                           arch="inceptionv3" if name == "inc" else "mobilenetv2",
+                           clusters=str(clusters) if clusters else None, progress=study.progress,
+                           **{k: v for k, v in settings.items() if k in PatchTrainConfig.__dataclass_fields__})
+    train_patch_classifier(run, cfg)
+    return run / MODEL_FILE
+
+
+def step_clusters(study: Study, manifest: Path, index: Path) -> Path:
+
+    out = study.out / "runs" / "clusters"
+    if (out / ARRAYS_FILE).exists():
+        return out
+    _log(study, "fitting the k-means clustering")
+    settings = study.section("clusters")
+    fit_cohort_clustering(out, ClusterConfig(manifest=str(manifest), index_dir=str(index), progress=study.progress,
+                                             **{k: v for k, v in settings.items()
+                                                if k in ClusterConfig.__dataclass_fields__}))
+    return out
+
+
+def step_heatmaps(study: Study, manifest: Path, model: Path, name: str) -> Path:
+    """Heatmaps of every slide of the cohort (the refinement networks' input)."""
+
+    out = study.out / "heatmaps" / name
+    failures = heatmap_cohort(read_manifest(manifest), out, OnnxModel(model, "patch-classifier"),
+                              progress=study.progress)
+    if failures:
+        raise H2GNetError(None, f"heatmaps failed: {failures[0]}")
+    return out
+
+
+def step_refiner(study: Study, manifest: Path, arch: str, heatmaps: Path | None) -> Path:
+
+    run = study.out / "runs" / arch
+    if (run / MODEL_FILE).exists() and (run / METRICS_FILE).exists():
+        return run / MODEL_FILE
+    _log(study, f"training refinement network {arch}")
+    settings = study.section("refine")
+    settings.update(study.section(f"refine-{arch}"))
+    if "filters" in settings:
+        settings["filters"] = tuple(settings["filters"])
+    cfg = RefineTrainConfig(manifest=str(manifest), heatmaps=str(heatmaps) if heatmaps else None, arch=arch,
+                            progress=study.progress,
+                            **{k: v for k, v in settings.items() if k in RefineTrainConfig.__dataclass_fields__})
+    train_refiner(run, cfg)
+    return run / MODEL_FILE
+
+
+def _test_entries(manifest: Path) -> list:
+
+    tests = [e for e in select(read_manifest(manifest), "test") if e.annotation is not None]
+    if not tests:
+        raise H2GNetError(manifest, "has no annotated test slides to evaluate")
+    return tests
+
+
+def predict_otsu(study: Study, manifest: Path, out: Path) -> None:
+
+    for e in _test_entries(manifest):
+        target = slide_outputs(out, e.key).mask
+        if not target.exists():
+            with open_slide(e.slide, e.mpp) as slide:
+                write_mask_tiff(target, otsu_tissue(slide), slide.dimensions)
+
+
+def predict(study: Study, manifest: Path, out: Path, patch: Path | None, refiner: Path | None,
+            heatmaps: Path | None) -> None:
+
+    cfg = SegmentConfig(patch_model=patch, refine_model=refiner, heatmap_dir=heatmaps, progress=study.progress)
+    status = segment_many([str(e.slide) for e in _test_entries(manifest)], out, cfg)
+    failed = {k: v["error"] for k, v in status.items() if v["status"] == "failed"}
+    if failed:
+        slide, error = next(iter(failed.items()))
+        raise H2GNetError(slide, f"segmentation failed: {error}")
+
+
+def run_design(study: Study, design: str, manifest: Path, index: Path) -> Path:
+    """Train what the design needs and segment the test slides; returns its predictions folder."""
+    label, kind, details = DESIGNS[design]
+    out = study.out / "predictions" / design
+    if kind == "otsu":
+        predict_otsu(study, manifest, out)
+    elif kind == "lowres":
+        predict(study, manifest, out, None, step_refiner(study, manifest, "unet-lr", None), None)
+    elif kind == "patchwise":
+        model = step_patch_model(study, manifest, index, details["model"])
+        heat = step_heatmaps(study, manifest, model, "mob") if details["model"] == "mob" else None
+        predict(study, manifest, out, model, None, heat)
+    else:
+        model = step_patch_model(study, manifest, index, "mob")
+        heat = step_heatmaps(study, manifest, model, "mob")
+        predict(study, manifest, out, model, step_refiner(study, manifest, details["arch"], heat), heat)
+    return out
+
+
+# -- results -------------------------------------------------------------------------------
+def evaluate_designs(study: Study, manifest: Path, designs: list[str]) -> list[dict]:
+
+    mpp = float(study.section("evaluate").get("mpp", EVAL_MPP))
+    tests = _test_entries(manifest)
+    rows = []
+    for d in designs:
+        rows += evaluate_predictions(tests, study.out / "predictions" / d, mpp, DESIGNS[d][0], progress=False)
+    return rows
+
+
+def write_results(study: Study, rows: list[dict], designs: list[str], timings: dict[str, float]) -> dict:
+    """Table 1 (with the paper's numbers beside ours), Table 2, Tukey, box plot, Figure 4, HTML report."""
+
+    tests = _test_entries(step_cohort(study))
+
+    res = study.out / "results"
+    res.mkdir(parents=True, exist_ok=True)
+    summaries = summarise_designs(rows, by="grade")
+    write_slides_csv(res / "slides.csv", rows)
+    write_summary_markdown(res / "summary.md", summaries)  # the same files as `h2gnet evaluate`
+    write_summary_json(res / "summary.json", summaries)
+    labels = [DESIGNS[d][0] for d in designs]
+    lines = ["| Design | Recall | Precision | Dice | Paper's Dice (BCS-1, n = 90) |", "|---|---|---|---|---|"]
+    csv_lines = ["design,recall_mean,recall_std,precision_mean,precision_std,dice_mean,dice_std,n"]
+    for d, label in zip(designs, labels):
+        s = summaries[label]["overall"]
+        paper = PAPER_TABLE1[d][2]
+        lines.append(f"| {label} | {format_mean_std(s['recall'])} | {format_mean_std(s['precision'])} | "
+                     f"{format_mean_std(s['dice'])} | {paper[0]:.3f} ± {paper[1]:.3f} |")
+        csv_lines.append(",".join([label] + [f"{s[m][k]:.4f}" for m in ("recall", "precision", "dice")
+                                             for k in ("mean", "std")] + [str(s["n"])]))
+    n_test = summaries[labels[0]]["overall"]["n"]
+    table1 = "\n".join(lines) + f"\n\nPhantom test slides: n = {n_test}. Paper: BCS-1 cohort, 90 test WSIs.\n"
+    write_text(res / "table1.md", table1)
+    write_text(res / "table1.csv", "\n".join(csv_lines) + "\n")
+    grades = sorted({str(r["grade"]) for r in rows if r["grade"] != ""})
+    t2 = ["| Design | " + " | ".join(f"Grade {g}" for g in grades) + " |", "|---" * (len(grades) + 1) + "|"]
+    for label in labels:
+        groups = summaries[label]["groups"]
+        t2.append(f"| {label} | " + " | ".join(format_mean_std(groups[g]["dice"]) if g in groups else "–"
+                                                for g in grades) + " |")
+    write_text(res / "table2.md", "\n".join(t2) + "\n")
+    dice = values_by_design(rows)
+    deep = {k: v for k, v in dice.items() if k != DESIGNS["otsu"][0]}
+    tukey = write_tukey(res, deep)
+    try:
+        boxplot_png({k: dice[k] for k in labels}, res / "dice_boxplot.png", title="Per-slide Dice (test split)")
+        refined = [d for d in designs if DESIGNS[d][1] == "refined"]
+        if refined:
+            write_figure4(study.out, tests, (refined[0], DESIGNS[refined[0]][0]), res / "figure4.png")
+    except ImportError:
+        pass  # matplotlib is in the [train] extra
+    result = {"summaries": summaries, "tukey": tukey, "timings": timings, "designs": designs}
+    write_text(res / "results.json", json.dumps(result, indent=2, default=_json_default))
+    runs = sorted(p for p in (study.out / "runs").glob("*") if (p / "log.csv").exists())
+    logs = {run.name: read_log(run) for run in runs}
+    write_html_report(study.out, tests, {d: DESIGNS[d][0] for d in designs}, logs, table1, res / "report.html")
+    return result
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def run_study(config: dict, out: str | Path, progress: bool = True) -> dict:
+    """Run (or resume) every design of ``config`` into ``out`` and write the results."""
+    study = Study(config, Path(out), progress)
+    study.out.mkdir(parents=True, exist_ok=True)
+    designs = study.designs
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    manifest = step_cohort(study)
+    index = step_index(study, manifest)
+    timings["cohort_and_index"] = time.perf_counter() - t0
+    for design in designs:
+        t = time.perf_counter()
+        _log(study, f"design {DESIGNS[design][0]}")
+        run_design(study, design, manifest, index)
+        timings[design] = time.perf_counter() - t
+    rows = evaluate_designs(study, manifest, designs)
+    result = write_results(study, rows, designs, timings)
+    timings["total"] = time.perf_counter() - t0
+    return result

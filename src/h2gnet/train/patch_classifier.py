@@ -1,0 +1,205 @@
+"""Stage 1: train the patch classifier from raw slides (paper sections 2.3, 2.4, 3.4).
+
+Batches come from the hierarchical sampler, read on the fly by DataLoader
+workers. With a fitted clustering, every batch also goes through the frozen
+VGG16 → z-score → PCA → nearest-centroid pipeline and the loss is the
+cluster-weighted cross-entropy (CWCE); otherwise plain cross-entropy.
+The best model by validation loss is exported to ONNX at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from h2gnet.conventions import METRICS_FILE, MODEL_FILE
+from h2gnet.errors import H2GNetError
+from h2gnet.evaluation.patch_accuracy import evaluate_patch_model
+from h2gnet.io.atomic import write_text
+from h2gnet.io.manifest import read_manifest, select
+from h2gnet.patches.sampling import DEFAULT_STAGES, HierarchicalSampler, load_indexes
+from h2gnet.train.augment import augment_patch
+from h2gnet.train.clustering import load_image_cluster_assigner
+from h2gnet.train.dataset import patch_stream
+from h2gnet.train.export import export_classifier_onnx
+from h2gnet.train.losses import cwce_loss
+from h2gnet.train.models import build_classifier
+from h2gnet.train.run_state import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    append_log,
+    prepare_run,
+    save_checkpoint,
+    set_threads,
+    truncate_log,
+)
+
+CLUSTER_META = "h2gnet_cluster.json"
+
+
+@dataclass
+class PatchTrainConfig:
+    """Settings of a patch-classifier run (defaults: the paper's section 3.4)."""
+
+    manifest: str
+    index_dir: str
+    arch: str = "mobilenetv2"
+    weights: str | None = None
+    n_classes: int = 2
+    epochs: int = 100
+    steps: int = 500
+    val_steps: int = 200
+    batch_size: int = 64
+    lr: float = 1e-4
+    input_size: int | None = None
+    clusters: str | None = None
+    stages: tuple[str, ...] = DEFAULT_STAGES
+    augment: bool = True
+    workers: int = 2
+    seed: int = 0
+    threads: int | None = None
+    eval_per_class: int | None = 200
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def _samplers(cfg: PatchTrainConfig) -> tuple[HierarchicalSampler, HierarchicalSampler, list]:
+    entries = read_manifest(cfg.manifest)
+    train = [e for e in select(entries, "train") if e.annotation is not None]
+    val = [e for e in select(entries, "val") if e.annotation is not None]
+    if not train or not val:
+        raise H2GNetError(cfg.manifest, "needs annotated slides in both the train and the val split")
+    test = [e for e in select(entries, "test") if e.annotation is not None]
+    return (HierarchicalSampler(load_indexes(train, cfg.index_dir), cfg.stages),
+            HierarchicalSampler(load_indexes(val, cfg.index_dir), cfg.stages),
+            load_indexes(test, cfg.index_dir) if test else [])
+
+
+def _loader(sampler: HierarchicalSampler, cfg: PatchTrainConfig, seed: int, steps: int, augment: bool,
+            input_size: int) -> DataLoader:
+    aug = None
+    if augment:
+
+        aug = augment_patch
+    stream = patch_stream(sampler, seed, aug, length=steps * cfg.batch_size, out_size=input_size)
+    return DataLoader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers,
+                      prefetch_factor=4 if cfg.workers else None, persistent_workers=False)
+
+
+def _cluster_assigner(cfg: PatchTrainConfig):
+    if not cfg.clusters:
+        return None, None
+
+    meta_path = Path(cfg.clusters) / CLUSTER_META
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    return load_image_cluster_assigner(cfg.clusters), meta.get("input_size")
+
+
+def _seed(seed: int, epoch: int) -> int:
+    """A stream seed per (run seed, epoch); epoch -1 is the fixed validation stream."""
+    return int(np.random.SeedSequence([seed, epoch + 1]).generate_state(1)[0])
+
+
+def _loss(logits, y, clusters):
+    if clusters is None:
+        return F.cross_entropy(logits, y)
+
+    return cwce_loss(logits, y, clusters)
+
+
+def _assign(assigner, size, x):
+    if assigner is None:
+        return None
+    if size and x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return assigner(x)
+
+
+def _run_epoch(model, loader, steps, assigner, cluster_size, optimizer=None, bar=None) -> dict:
+    training = optimizer is not None
+    model.train(training)
+    total, n, correct = 0.0, 0, np.zeros((2, 2))
+    t0 = time.perf_counter()
+    with torch.set_grad_enabled(training):
+        for x, y, _, _ in loader:
+            x = x.contiguous(memory_format=torch.channels_last)
+            clusters = _assign(assigner, cluster_size, x)
+            logits = model(x)
+            loss = _loss(logits, y, clusters)
+            if training:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            total += loss.item() * len(y)
+            n += len(y)
+            pred = logits.argmax(1).numpy()
+            for t, p in zip(y.numpy(), pred):
+                if t < 2 and p < 2:
+                    correct[t, p] += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{total / n:.4f}")
+    recall = [correct[c, c] / correct[c].sum() for c in (0, 1) if correct[c].sum()]
+    return {"loss": total / max(n, 1), "balanced_accuracy": float(np.mean(recall)) if recall else float("nan"),
+            "seconds": time.perf_counter() - t0, "samples": n}
+
+
+def train_patch_classifier(run_dir: str | Path, cfg: PatchTrainConfig, overwrite: bool = False) -> dict:
+    """Train (or resume) in ``run_dir``; export ``model.onnx``; evaluate the test patches.
+
+    Returns the final metrics (also written to ``run_dir/metrics.json``).
+    """
+    from tqdm.auto import tqdm
+
+    run_dir = Path(run_dir)
+    set_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    train_s, val_s, test_ix = _samplers(cfg)
+    patch_size, patch_mpp = train_s.indexes[0].patch_size, train_s.indexes[0].patch_mpp
+    input_size = cfg.input_size or patch_size
+    ckpt = prepare_run(run_dir, cfg, overwrite)
+    model = build_classifier(cfg.arch, cfg.n_classes, cfg.weights).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    start, best = 0, math.inf
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start, best = int(ckpt["epoch"]), float(ckpt["best_val_loss"])
+        truncate_log(run_dir, start)
+    assigner, cluster_size = _cluster_assigner(cfg)
+    total_steps = (cfg.epochs - start) * (cfg.steps + cfg.val_steps)
+    with tqdm(total=total_steps, desc="train-patch", unit="batch", disable=not cfg.progress) as bar:
+        for epoch in range(start, cfg.epochs):
+            bar.set_description(f"train-patch epoch {epoch + 1}/{cfg.epochs}")
+            tr = _run_epoch(model, _loader(train_s, cfg, _seed(cfg.seed, epoch), cfg.steps, cfg.augment,
+                                           input_size), cfg.steps, assigner, cluster_size, optimizer, bar)
+            va = _run_epoch(model, _loader(val_s, cfg, _seed(cfg.seed, -1), cfg.val_steps, False, input_size),
+                            cfg.val_steps, assigner, cluster_size, None, bar)
+            improved = va["loss"] < best
+            if improved:
+                best = va["loss"]
+                save_checkpoint(run_dir / BEST_CHECKPOINT, {"model": model.state_dict(), "epoch": epoch + 1})
+            append_log(run_dir, {"epoch": epoch + 1, "train_loss": tr["loss"],
+                                 "train_balanced_accuracy": tr["balanced_accuracy"], "val_loss": va["loss"],
+                                 "val_balanced_accuracy": va["balanced_accuracy"],
+                                 "seconds_per_step": tr["seconds"] / max(cfg.steps, 1), "best": int(improved)})
+            save_checkpoint(run_dir / LAST_CHECKPOINT, {"model": model.state_dict(), "optimizer":
+                            optimizer.state_dict(), "epoch": epoch + 1, "best_val_loss": best})
+    best_state = torch.load(run_dir / BEST_CHECKPOINT, map_location="cpu", weights_only=False)
+    model.load_state_dict(best_state["model"])
+    onnx_path = export_classifier_onnx(model.eval(), run_dir / MODEL_FILE, input_size,
+                                       mpp=patch_mpp * patch_size / input_size, arch=cfg.arch)
+    metrics: dict = {"best_epoch": best_state["epoch"], "best_val_loss": best}
+    if test_ix:
+        metrics["test"] = evaluate_patch_model(onnx_path, test_ix, cfg.eval_per_class, cfg.seed,
+                                               progress=cfg.progress)
+    write_text(run_dir / METRICS_FILE, json.dumps(metrics, indent=2))
+    return metrics

@@ -1,1 +1,0 @@
-"""Training of the patch classifier (stage 1) and the refinement network (stage 2). Needs ``[train]``."""

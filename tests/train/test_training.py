@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from h2gnet.errors import H2GNetError  # noqa: E402
+from h2gnet.infer.runtime import OnnxModel  # noqa: E402
+from h2gnet.train.patch_classifier import PatchTrainConfig, train_patch_classifier  # noqa: E402
+from h2gnet.train.run_state import read_log  # noqa: E402
+
+
+def _cfg(cohort: Path, **kw) -> PatchTrainConfig:
+    base = PatchTrainConfig(manifest=str(cohort / "manifest.csv"), index_dir=str(cohort / "index"), epochs=1,
+                            steps=2, val_steps=1, batch_size=4, input_size=64, workers=0, eval_per_class=2,
+                            progress=False)
+    return replace(base, **kw)
+
+
+def test_patch_run_outputs(patch_run: Path) -> None:
+    for name in ("model.onnx", "config.json", "log.csv", "checkpoint_last.pt", "checkpoint_best.pt", "metrics.json"):
+        assert (patch_run / name).exists(), name
+    model = OnnxModel(patch_run / "model.onnx", "patch-classifier")
+    assert model.input_size == 64 and model.mpp == pytest.approx(4.0)  # 256 px at 1 µm/px seen as 64 px
+    probs = model(np.random.default_rng(0).random((3, 3, 64, 64), dtype=np.float32))
+    assert probs.shape == (3, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    metrics = json.loads((patch_run / "metrics.json").read_text())
+    assert 0 <= metrics["test"]["balanced_accuracy"] <= 1 and metrics["test"]["patches"] > 0
+    config = json.loads((patch_run / "config.json").read_text())
+    assert config["lr"] == 1e-4 and config["arch"] == "mobilenetv2"
+
+
+def test_resume_continues_and_refuses_other_settings(mini_cohort: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with pytest.warns(UserWarning):
+        train_patch_classifier(run, _cfg(mini_cohort))
+    assert [r["epoch"] for r in read_log(run)] == ["1"]
+    first = torch.load(run / "checkpoint_last.pt", weights_only=False)["model"]
+    with pytest.warns(UserWarning):
+        train_patch_classifier(run, _cfg(mini_cohort, epochs=2))  # resumes at epoch 2
+    assert [r["epoch"] for r in read_log(run)] == ["1", "2"]
+    second = torch.load(run / "checkpoint_last.pt", weights_only=False)
+    assert second["epoch"] == 2
+    assert any(not torch.equal(first[k], second["model"][k]) for k in first if first[k].is_floating_point())
+    with pytest.raises(H2GNetError, match="other settings"):
+        train_patch_classifier(run, _cfg(mini_cohort, epochs=2, lr=1e-3))
+
+
+def test_cluster_guided_training(mini_cohort: Path, tmp_path: Path) -> None:
+    from h2gnet.train.cluster_guiding import ClusterConfig, fit_cohort_clustering
+
+    with pytest.warns(UserWarning, match="random"):
+        summary = fit_cohort_clustering(tmp_path / "clusters", ClusterConfig(
+            manifest=str(mini_cohort / "manifest.csv"), index_dir=str(mini_cohort / "index"), k=3, batches=4,
+            batch_size=8, input_size=32, workers=0, progress=False))
+    assert summary["k"] == 3 and summary["explained_variance"] >= 0.95
+    with pytest.warns(UserWarning):
+        metrics = train_patch_classifier(tmp_path / "km", _cfg(mini_cohort, clusters=str(tmp_path / "clusters")))
+    assert np.isfinite(metrics["best_val_loss"])
+
+
+def test_refinement_training_and_export(mini_cohort: Path, patch_run: Path, tmp_path: Path) -> None:
+    from h2gnet.cli import main
+    from h2gnet.train.refiner import RefineTrainConfig, train_refiner
+
+    assert main(["-q", "heatmap", str(mini_cohort / "manifest.csv"), "--patch-model",
+                 str(patch_run / "model.onnx"), "-o", str(tmp_path / "heat")]) == 0
+    cfg = RefineTrainConfig(manifest=str(mini_cohort / "manifest.csv"), heatmaps=str(tmp_path / "heat"),
+                            arch="agunet", input_size=128, epochs=2, filters=(4, 8, 8, 16), progress=False)
+    metrics = train_refiner(tmp_path / "ref", cfg)
+    assert 0 <= metrics["val_dice"] <= 1 and len(read_log(tmp_path / "ref")) == 2
+    model = OnnxModel(tmp_path / "ref" / "model.onnx", "refiner")
+    assert model.in_channels == 4 and model.input_size == 128
+    out = model(np.zeros((1, 4, 128, 128), np.float32))
+    assert out.shape == (1, 2, 128, 128)
+
+
+@pytest.mark.parametrize(("calibration", "float_ends"), [("minmax", False), ("percentile", False), ("minmax", True)])
+def test_int8_quantisation_keeps_predictions_close(mini_cohort: Path, patch_run: Path, tmp_path: Path,
+                                                   calibration: str, float_ends: bool) -> None:
+    import onnx
+
+    from h2gnet.infer.quantize import quantize_patch_model
+
+    out = quantize_patch_model(patch_run / "model.onnx", tmp_path / "q.onnx", mini_cohort / "manifest.csv",
+                               mini_cohort / "index", n_patches=32, calibration=calibration, float_ends=float_ends)
+    q = OnnxModel(out, "patch-classifier")
+    f = OnnxModel(patch_run / "model.onnx", "patch-classifier")
+    assert q.metadata["precision"] == "int8" and q.input_size == f.input_size and q.mpp == f.mpp
+    assert q.metadata["calibration_method"] == calibration
+    graph = onnx.load(str(out)).graph
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    kept = [n for n in graph.node if n.name in q.metadata["float32_nodes"].split(",")]
+    if float_ends:  # first conv + the head's Gemm(s), with float32 weights
+        assert [n.op_type for n in kept][:1] == ["Conv"] and len(kept) >= 2
+        assert all(n.input[1] not in dequantized for n in kept)
+    else:
+        assert not kept
+    assert sum(n.op_type == "Conv" and n.input[1] in dequantized for n in graph.node) > 10
+    from h2gnet.infer.quantize import calibration_batches
+
+    x = calibration_batches(mini_cohort / "manifest.csv", mini_cohort / "index", 64, 16, seed=9)[0]
+    assert np.abs(q(x) - f(x)).max() < 0.2  # int8 rounding, not a different model
+    assert out.stat().st_size < (patch_run / "model.onnx").stat().st_size
