@@ -302,7 +302,8 @@ def _add_export_fast(sub: argparse._SubParsersAction) -> None:
                    help="FAST tissue threshold: RGB distance from white, 0-255 scale (default 70)")
     p.add_argument("--inference-engine", default=None,
                    help="FAST inference engine to name in the pipeline (e.g. OpenVINO, ONNXRuntime, TensorRT); "
-                        "default: FAST's choice")
+                        "default: FAST's choice (OpenVINO, which computes in bfloat16 on CPUs with AVX512-BF16; "
+                        "ONNXRuntime is float32)")
     p.set_defaults(func=_cmd_export_fast)
 
 

@@ -44,6 +44,11 @@ the input size, then bilinear); FAST's segmentation is the network's arg-max at
 its input size, stretched over the slide (h2gnet resizes the probability back
 to the low-resolution grid and thresholds it at 0.5). The patch grid starts at
 the level-0 origin in both, without overlap; border patches are padded white.
+
+Numerics: FAST's default inference engine is OpenVINO (2023.0 in pyFAST 4.18), whose CPU plugin
+computes in bfloat16 on CPUs with AVX512-BF16 (e.g. AMD EPYC Zen 4): a 1×1 convolution by
+1 + 2⁻⁹ returns 200/255 as 0.78515625, the bfloat16 value, and an untrained MobileNetV2's tumour
+probabilities move by up to 0.56. Export with ``inference_engine="ONNXRuntime"`` for float32.
 """
 
 from __future__ import annotations
