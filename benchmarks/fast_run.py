@@ -11,8 +11,8 @@ For the whole-slide benchmark's slide and models (made by ``benchmarks/segment_w
         --patch-model .bench/mobilenetv2_calibrated.onnx --refine-model .bench/unet_1024.onnx \
         --h2gnet-out .bench/out
 
-Exports the models with :func:`h2gnet.fast.pipeline.export_fast`, runs FAST in a child process
-(:func:`~h2gnet.fast.pipeline.run_fast_pipeline`) after a warm-up on a small phantom slide that
+Exports the models with :func:`h2gnet.fast.fpl.export_fast`, runs FAST in a child process
+(:func:`~h2gnet.fast.runner.run_fast_pipeline`) after a warm-up on a small phantom slide that
 fills FAST's OpenCL kernel cache (a first run in a fresh HOME spends ~10 s compiling kernels on
 this machine), and h2gnet's ``segment_slide`` in this process unless ``--h2gnet-out`` already
 holds its outputs for the slide. Both wall times exclude interpreter start and imports; FAST's
@@ -60,7 +60,8 @@ def h2gnet_outputs(slide_path: Path, args: argparse.Namespace) -> tuple[dict, Pa
 def main() -> int:
     from h2gnet.conventions import HEATMAP_SUFFIX
     from h2gnet.evaluation.predictions import load_mask_tiff
-    from h2gnet.fast.pipeline import export_fast, mask_dice, run_fast_pipeline, segmentation_raster
+    from h2gnet.fast.fpl import export_fast
+    from h2gnet.fast.runner import mask_dice, run_fast_pipeline, segmentation_raster
     from h2gnet.infer.heatmap import load_heatmap
     from h2gnet.io.slides import open_slide
     from h2gnet.patches.tissue import detect_tissue
@@ -82,10 +83,10 @@ def main() -> int:
     if not args.no_warmup:
         warm = run_fast_pipeline(fpl, warmup_slide(args.out), args.out / "warmup", fast_home=home,
                                  timeout=args.timeout)
-        print(f"FAST warm-up on a small phantom: {warm['seconds']:.1f} s", flush=True)
+        print(f"FAST warm-up on a small phantom: {warm.seconds:.1f} s", flush=True)
     fast = run_fast_pipeline(fpl, args.slide, args.out / "fast", fast_home=home, mpp=args.mpp, timeout=args.timeout)
-    print(f"FAST: {fast['seconds']:.1f} s (child process {fast['process_seconds']:.1f} s), magnification "
-          f"{fast['magnification']:.3g} from {fast['magnification_source']}, low-res level {fast['lowres_level']}",
+    print(f"FAST: {fast.seconds:.1f} s (child process {fast.process_seconds:.1f} s), magnification "
+          f"{fast.magnification:.3g} from {fast.magnification_source}, low-res level {fast.lowres_level}",
           flush=True)
 
     t0 = time.perf_counter()
@@ -99,7 +100,7 @@ def main() -> int:
     extent = tuple(summary["dimensions_l0"])
     ours_mask = load_mask_tiff(folder / f"{args.slide.stem}.mask.tiff", slide_mpp)
     ours_heat, _ = load_heatmap(folder / f"{args.slide.stem}{HEATMAP_SUFFIX}")
-    fast_heat = fast["heatmap"]
+    fast_heat = fast.heatmap
     rows, cols = min(fast_heat.shape[0], ours_heat.shape[0]), min(fast_heat.shape[1], ours_heat.shape[1])
     a, b = fast_heat[:rows, :cols], ours_heat.array[:rows, :cols]
     both = (a > 0) & (b > 0)
@@ -107,8 +108,8 @@ def main() -> int:
     with open_slide(args.slide, args.mpp) as slide:
         tissue = detect_tissue(slide)
     report = {
-        "slide": str(args.slide), "fast_seconds": round(fast["seconds"], 2),
-        "fast_process_seconds": round(fast["process_seconds"], 2), "h2gnet_seconds": round(h2gnet_seconds, 2),
+        "slide": str(args.slide), "fast_seconds": round(fast.seconds, 2),
+        "fast_process_seconds": round(fast.process_seconds, 2), "h2gnet_seconds": round(h2gnet_seconds, 2),
         "dice": round(mask_dice(segmentation_raster(fast, 8.0), ours_mask, extent), 4),
         "tissue_dice": round(mask_dice(segmentation_raster(fast, 8.0, "tissue"), tissue, extent), 4),
         "heatmap_shapes": [list(fast_heat.shape), list(ours_heat.shape)],
@@ -116,7 +117,7 @@ def main() -> int:
         "patch_set_difference": int(np.count_nonzero((a > 0) ^ (b > 0))),
         "heatmap_max_abs_diff": round(float(diff.max()), 5) if diff.size else None,
         "heatmap_mean_abs_diff": round(float(diff.mean()), 5) if diff.size else None,
-        "fast_magnification": fast["magnification"], "fast_lowres_level": fast["lowres_level"],
+        "fast_magnification": fast.magnification, "fast_lowres_level": fast.lowres_level,
         "h2gnet_engine": summary.get("engine"),
     }
     print(json.dumps(report))

@@ -151,13 +151,8 @@ def refine_only(refine: Path, args: argparse.Namespace) -> float:
 def run_fast(slide: Path, patch: Path, refine: Path | None, cache: Path, h2gnet_out: Path) -> dict | None:
     """FAST's run of the exported pipeline on the slide (None without pyFAST): child-process wall time,
     pipeline time, and the Dice of its final mask against h2gnet's at 8 µm/px."""
-    from h2gnet.fast.pipeline import (
-        export_fast,
-        fast_available,
-        mask_dice,
-        run_fast_pipeline,
-        segmentation_raster,
-    )
+    from h2gnet.fast.fpl import export_fast
+    from h2gnet.fast.runner import fast_available, mask_dice, run_fast_pipeline, segmentation_raster
 
     if not fast_available():
         return None
@@ -173,7 +168,7 @@ def run_fast(slide: Path, patch: Path, refine: Path | None, cache: Path, h2gnet_
     summary = json.loads((h2gnet_out / f"{slide.stem}.json").read_text())
     ours = load_mask_tiff(h2gnet_out / f"{slide.stem}.mask.tiff", float(summary["slide_mpp"]))
     dice = mask_dice(segmentation_raster(r, 8.0), ours, tuple(summary["dimensions_l0"]))
-    return {"process_seconds": r["process_seconds"], "seconds": r["seconds"], "dice_vs_h2gnet": dice}
+    return {"process_seconds": r.process_seconds, "seconds": r.seconds, "dice_vs_h2gnet": dice}
 
 
 def run_segment(slide: Path, patch: Path, refine: Path | None, out: Path, args: argparse.Namespace) -> dict:

@@ -17,7 +17,7 @@ from h2gnet.conventions import EVAL_MPP
 from h2gnet.errors import H2GNetError
 from h2gnet.evaluation.predictions import evaluate_predictions, write_evaluation
 from h2gnet.evaluation.summary import print_table
-from h2gnet.fast.pipeline import export_fast, split_models
+from h2gnet.fast.fpl import export_fast, split_models
 from h2gnet.infer.heatmap import heatmap_cohort
 from h2gnet.infer.quantize import quantize_patch_model
 from h2gnet.infer.segment import Models, SegmentConfig, check_writable, segment_many
@@ -289,7 +289,7 @@ def _cmd_export_fast(args: argparse.Namespace) -> int:
     fpl = export_fast(patch, refine, args.output, tissue_threshold=args.tissue_threshold,
                       inference_engine=args.inference_engine)
     models = "patch.onnx" + (" + refine.onnx" if refine is not None else "")
-    print(f"FAST pipeline: {fpl} ({models}); run it with h2gnet.fast.pipeline.run_fast_pipeline or FastPathology")
+    print(f"FAST pipeline: {fpl} ({models}); run it with h2gnet.fast.runner.run_fast_pipeline or FastPathology")
     return 0
 
 
