@@ -106,7 +106,7 @@ def make_int8(cache: Path, patch: Path, slide_path: Path, calibration: str, floa
     pick = np.random.default_rng(1).choice(len(xs), 256, replace=False)
     imgs = np.stack([slide.read_region((int(xs[i]), int(ys[i])), (256, 256), 1.0) for i in pick])
     x = (imgs.astype(np.float32) / 255.0).transpose(0, 3, 1, 2)
-    return quantize_onnx(patch, out, [x[i:i + 16] for i in range(0, 256, 16)], calibration, float_ends)
+    return quantize_onnx(patch, out, [x[i:i + 16] for i in range(0, 256, 16)], calibration, float_ends=float_ends)
 
 
 @functools.cache
@@ -157,7 +157,6 @@ def run_fast(slide: Path, patch: Path, refine: Path | None, cache: Path, h2gnet_
     if not fast_available():
         return None
     from fast_run import warmup_slide  # benchmarks/fast_run.py
-
     from h2gnet.evaluation.predictions import load_mask_tiff
 
     out = cache / "fast"

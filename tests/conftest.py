@@ -123,3 +123,14 @@ def patch_run(mini_cohort: Path) -> Path:
     with pytest.warns(UserWarning, match="random"):
         train_patch_classifier(run, cfg)
     return run
+
+
+#: Fixtures that train a model: every test using one (directly or through another fixture) is ``slow``.
+TRAINING_FIXTURES = {"patch_run", "tiny_models", "exported"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:  # noqa: ARG001 - pytest hook signature
+    """Mark tests that train as ``slow`` so that ``pytest -m "not slow"`` is the quick loop."""
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -7,8 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import phantom_image, real_slide, write_pyramid_tiff
 
+from conftest import phantom_image, real_slide, write_pyramid_tiff
 from h2gnet.cli import main
 
 
@@ -75,6 +75,7 @@ def test_real_slides_patch_index(tmp_path: Path, capsys) -> None:
     assert (a.label == -1).all() and "tcga" in out
 
 
+@pytest.mark.slow
 def test_synth_command(tmp_path: Path, capsys) -> None:
     assert main(["-q", "synth", str(tmp_path / "c"), "--slides", "2", "--seed", "1", "--width", "1536",
                  "--height", "1024"]) == 0

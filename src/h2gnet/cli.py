@@ -24,7 +24,7 @@ from h2gnet.infer.segment import Models, SegmentConfig, check_writable, segment_
 from h2gnet.io.atomic import write_bytes
 from h2gnet.io.manifest import read_manifest, select
 from h2gnet.io.slides import open_slide
-from h2gnet.io.tables import format_table
+from h2gnet.io.text_table import format_rows
 from h2gnet.patches.grid import index_cohort
 from h2gnet.patches.tissue import detect_tissue, otsu_tissue, tissue_area_mm2
 from h2gnet.synth import make_cohort
@@ -70,8 +70,8 @@ def _cmd_patches(args: argparse.Namespace) -> int:
     if rows:
         total = {"slide": "TOTAL", "grade": "", "split": "", **{k: sum(r[k] for r in rows) for k in
                  ("patches", "tumour", "non_tumour", "unlabelled")}, "tissue_mm2": float("nan")}
-        print(format_table([*rows, total]))
-    for path, message in failures:
+        print(format_rows([*rows, total]))
+    for _path, message in failures:
         print(f"error: {message}", file=sys.stderr)
     if failures:
         print(f"{len(failures)} of {len(entries)} slide(s) failed; the others were indexed in {args.output}",
@@ -121,7 +121,7 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
 def _cmd_quantize(args: argparse.Namespace) -> int:
 
     out = quantize_patch_model(args.model, args.output, args.manifest, args.index, args.patches, args.seed,
-                               args.calibration, args.float_ends)
+                               args.calibration, float_ends=args.float_ends)
     print(f"int8 model: {out}")
     return 0
 
@@ -194,8 +194,11 @@ def _cmd_heatmap(args: argparse.Namespace) -> int:
     entries = read_manifest(args.manifest)
     check_writable(args.output)
     cfg = _segment_config(args, None)
-    failures = heatmap_cohort(entries, args.output, Models.load(cfg).patch, args.overwrite, cfg.min_tissue,
-                              cfg.batch_size, cfg.readers, cfg.progress)
+    patch = Models.load(cfg).patch
+    assert patch is not None  # --patch-model is required by this command
+    failures = heatmap_cohort(entries, args.output, patch, overwrite=args.overwrite,
+                              min_tissue=cfg.min_tissue,
+                              batch_size=cfg.batch_size, readers=cfg.readers, progress=cfg.progress)
     for message in failures:
         print(f"error: {message}", file=sys.stderr)
     print(f"heatmaps: {len(entries) - len(failures)} of {len(entries)} slide(s) in {args.output}")
@@ -226,14 +229,14 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     cfg = _segment_config(args, args.refine_model)
     status = segment_many(args.inputs, args.output, cfg, mpp=args.mpp, overwrite=args.overwrite)
     rows = [{"slide": Path(k).name, **{c: v[c] for c in ("status", "seconds", "error")}} for k, v in status.items()]
-    print(format_table(rows))
+    print(format_rows(rows))
     failed = sum(1 for r in rows if r["status"] == "failed")
     if failed:
         print(f"{failed} of {len(rows)} slide(s) failed (see {args.output / 'status.csv'})", file=sys.stderr)
     return 1 if failed else 0
 
 
-def _add_inference_options(p: argparse.ArgumentParser, patch_required: bool = True) -> None:
+def _add_inference_options(p: argparse.ArgumentParser, *, patch_required: bool = True) -> None:
     p.add_argument("--patch-model", type=Path, required=patch_required,
                    help="patch classifier (.onnx, from train-patch)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "tensorrt", "openvino", "auto"),
@@ -395,6 +398,7 @@ def _add_foundation(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``h2gnet`` argument parser: one subcommand per pipeline stage, in pipeline order."""
     parser = argparse.ArgumentParser(
         prog="h2gnet", description="Breast-cancer tumour region segmentation in H&E whole-slide images "
         "(H2G-Net cascade). Subcommands follow the pipeline; `h2gnet COMMAND --help` for each.")
@@ -413,10 +417,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 done, 1 some slides failed, 2 bad input or usage)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.simplefilter("default")
-    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"  # type: ignore[assignment]
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
     try:
         return int(args.func(args) or 0)
     except H2GNetError as exc:

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import openslide
 import pytest
-from conftest import real_slide, write_pyramid_tiff
 
+from conftest import real_slide, write_pyramid_tiff
 from h2gnet.cli import main
 from h2gnet.evaluation.predictions import load_mask_tiff
 from h2gnet.infer.segment import SegmentConfig, segment_many

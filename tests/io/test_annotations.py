@@ -6,8 +6,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import tumour_geojson
 
+from conftest import tumour_geojson
 from h2gnet.errors import H2GNetError
 from h2gnet.io.annotations import check_bounds, load_annotation, load_geojson, load_mask_image, rasterize
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import phantom_image, real_slide, write_pyramid_tiff
 
+from conftest import phantom_image, real_slide, write_pyramid_tiff
 from h2gnet.errors import H2GNetError
 from h2gnet.io.slides import open_slide
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from conftest import phantom_image, real_slide, write_pyramid_tiff
 
+from conftest import phantom_image, real_slide, write_pyramid_tiff
 from h2gnet.errors import H2GNetError
 from h2gnet.io import tifftiles
 from h2gnet.io.slides import open_slide
@@ -40,6 +40,7 @@ def _random_reads(fast, plain, n: int, seed: int = 0) -> int:
     return worst
 
 
+@pytest.mark.slow
 def test_tiled_tiff_levels_are_decoded_directly_and_match_openslide(tmp_path: Path) -> None:
     img, _ = phantom_image(3000, 2200, seed=1)
     path = write_pyramid_tiff(tmp_path / "s.tiff", img, 0.25, (1, 4), tile=256)
@@ -96,6 +97,7 @@ def test_corrupt_tile_names_the_file(tmp_path: Path) -> None:
     assert "bad.tiff" in str(err.value)
 
 
+@pytest.mark.slow
 def test_large_reduced_reads_are_area_resampled_from_the_tiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import cv2
 

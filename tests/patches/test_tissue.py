@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import phantom_image, real_slide, write_pyramid_tiff
 
+from conftest import phantom_image, real_slide, write_pyramid_tiff
 from h2gnet.errors import H2GNetError
 from h2gnet.io.slides import open_slide
 from h2gnet.patches.tissue import detect_tissue, otsu_tissue, saturation, tissue_from_rgb
@@ -30,6 +30,7 @@ def test_closing_fills_small_gaps() -> None:
     assert tissue_from_rgb(rgb)[20, 20]
 
 
+@pytest.mark.slow
 def test_detect_tissue_on_phantom(tmp_path) -> None:
     img, _ = phantom_image(4096, 3072)
     slide = open_slide(write_pyramid_tiff(tmp_path / "s.tiff", img, 0.5, (1, 4, 16)))

@@ -11,6 +11,8 @@ pytest.importorskip("torch")
 
 from h2gnet.cli import main  # noqa: E402
 
+pytestmark = pytest.mark.slow  # every test here trains or runs a study
+
 MINI = """
 designs = ["otsu", "unet-lr", "mob-pw", "mob-pw-unet"]
 

@@ -57,6 +57,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
     return result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["pow2", "pow3", "pow4", "single"])
 def test_openslide_reads_geometry_and_mpp(rendered, name):
     path, spec = rendered[name]
@@ -189,6 +190,7 @@ def test_geojson_is_a_valid_tumor_annotation_within_the_slide(rendered, name):
     assert (mask & ~tissue).sum() < 0.01 * mask.sum()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed, grade", [(31, 1), (32, 3)])
 def test_annotation_matches_rendered_tumour_region(tmp_path, seed, grade):
     """Inside the annotation the stain is markedly more haematoxylin-rich than in the other tissue.

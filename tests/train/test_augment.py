@@ -20,8 +20,8 @@ from h2gnet.train.augment import (
     shift_hue_saturation,
 )
 
-OFF = dict(p_hflip=0.0, p_vflip=0.0, p_rot90=0.0, p_hsv=0.0, p_brightness=0.0)
-REFINE_OFF = dict(p_hflip=0.0, p_vflip=0.0, p_rot90=0.0, p_zoom=0.0, p_stain=0.0)
+OFF = {"p_hflip": 0.0, "p_vflip": 0.0, "p_rot90": 0.0, "p_hsv": 0.0, "p_brightness": 0.0}
+REFINE_OFF = {"p_hflip": 0.0, "p_vflip": 0.0, "p_rot90": 0.0, "p_zoom": 0.0, "p_stain": 0.0}
 
 
 def patch_config(**on: float) -> PatchAugmentConfig:
@@ -73,7 +73,7 @@ def test_patch_does_not_touch_global_numpy_rng_or_input() -> None:
     np.random.seed(7)
     state = np.random.get_state()[1].copy()
     for seed in range(10):
-        augment_patch(img, np.random.default_rng(seed), PatchAugmentConfig(**{k: 1.0 for k in OFF}))
+        augment_patch(img, np.random.default_rng(seed), PatchAugmentConfig(**dict.fromkeys(OFF, 1.0)))
     assert np.array_equal(np.random.get_state()[1], state)
     assert np.array_equal(img, before)
 

@@ -76,6 +76,7 @@ def ort_run(path: Path, x: torch.Tensor) -> np.ndarray:
     return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("arch", "size"), [("mobilenetv2", 64), ("inceptionv3", 80)])
 def test_classifier_export_matches_pytorch_for_any_batch(tmp_path: Path, arch: str, size: int) -> None:
     model = classifier(arch, size)
@@ -118,6 +119,7 @@ def test_classifier_export_uses_opset_17_or_later(tmp_path: Path) -> None:
         )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_refiner_export_matches_pytorch_for_any_batch(tmp_path: Path, arch: str) -> None:
     model = refiner(arch)

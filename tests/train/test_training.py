@@ -14,6 +14,8 @@ from h2gnet.infer.runtime import OnnxModel  # noqa: E402
 from h2gnet.train.patch_classifier import PatchTrainConfig, train_patch_classifier  # noqa: E402
 from h2gnet.train.run_state import read_log  # noqa: E402
 
+pytestmark = pytest.mark.slow  # every test here trains or runs a study
+
 
 def _cfg(cohort: Path, **kw) -> PatchTrainConfig:
     base = PatchTrainConfig(manifest=str(cohort / "manifest.csv"), index_dir=str(cohort / "index"), epochs=1,

@@ -27,7 +27,7 @@ def choose_patches(indexes: list[PatchIndex], per_class: int | None, seed: int) 
 
 def evaluate_patch_model(model_path: str | Path | OnnxModel, indexes: list[PatchIndex],
                          per_class: int | None = 200, seed: int = 0, batch_size: int = 32,
-                         progress: bool = True) -> dict:
+                         *, progress: bool = True) -> dict:
     """Balanced accuracy (mean of per-class recalls) and per-class accuracy at threshold 0.5.
 
     ``model_path``: an ONNX file (run by ONNX Runtime on the CPU) or a loaded :class:`OnnxModel`.

@@ -33,6 +33,7 @@ def load_mask_tiff(path: str | Path, slide_mpp: float) -> Raster:
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
+            assert isinstance(page, tifffile.TiffPage)  # the first page is never a frame
             arr = page.asarray()
             res = page.tags["XResolution"].value
             unit = page.tags["ResolutionUnit"].value
@@ -62,7 +63,7 @@ def evaluate_slide(entry: SlideEntry, predictions: str | Path, mpp: float = EVAL
 
 
 def evaluate_predictions(entries: list[SlideEntry], predictions: str | Path, mpp: float = EVAL_MPP,
-                         design: str | None = None, progress: bool = True) -> list[dict]:
+                         design: str | None = None, *, progress: bool = True) -> list[dict]:
     """Rows for every annotated entry; missing predictions are listed in one error."""
     from tqdm.auto import tqdm
 

@@ -78,7 +78,7 @@ def patch_batches(slide: Slide, xs: np.ndarray, ys: np.ndarray, size: int, mpp: 
 
 
 def compute_heatmap(slide: Slide, model: OnnxModel, tissue: Raster, min_tissue: float = MIN_TISSUE,
-                    batch_size: int = 16, readers: int = 2, progress: bool = True,
+                    batch_size: int = 16, readers: int = 2, *, progress: bool = True,
                     stats: HeatmapStats | None = None) -> Raster:
     """Tumour-probability heatmap (float32, one pixel per patch; 0 where no patch was classified)."""
     from tqdm.auto import tqdm
@@ -107,7 +107,7 @@ def compute_heatmap(slide: Slide, model: OnnxModel, tissue: Raster, min_tissue: 
     return Raster(heat, grid.cell_mpp, slide.mpp)
 
 
-def heatmap_cohort(entries: list, out_dir: str | Path, model: OnnxModel, overwrite: bool = False,
+def heatmap_cohort(entries: list, out_dir: str | Path, model: OnnxModel, *, overwrite: bool = False,
                    min_tissue: float = MIN_TISSUE, batch_size: int = 16, readers: int = 2,
                    progress: bool = True) -> list[str]:
     """Heatmaps of manifest ``entries`` into ``out_dir`` (``NAME.heatmap.tiff``); existing ones are kept
@@ -120,7 +120,8 @@ def heatmap_cohort(entries: list, out_dir: str | Path, model: OnnxModel, overwri
             continue
         try:
             with open_slide(e.slide, e.mpp) as slide:
-                heat = compute_heatmap(slide, model, detect_tissue(slide), min_tissue, batch_size, readers, progress)
+                heat = compute_heatmap(slide, model, detect_tissue(slide), min_tissue, batch_size, readers,
+                                       progress=progress)
                 save_heatmap(target, heat, slide.dimensions, str(slide.path))
         except H2GNetError as exc:
             failures.append(str(exc))
@@ -151,6 +152,7 @@ def load_heatmap(path: str | Path) -> tuple[Raster, tuple[int, int]]:
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
+            assert isinstance(page, tifffile.TiffPage)  # the first page is never a frame
             meta = json.loads(page.description)
             arr = page.asarray()
     except Exception as exc:  # tifffile/json raise many types for bad files

@@ -37,7 +37,7 @@ def calibration_batches(manifest: str | Path, index_dir: str | Path, input_size:
 
 def quantize_patch_model(model_path: str | Path, out_path: str | Path, manifest: str | Path,
                          index_dir: str | Path, n_patches: int = 256, seed: int = 0,
-                         calibration: str = "minmax", float_ends: bool = False) -> Path:
+                         calibration: str = "minmax", *, float_ends: bool = False) -> Path:
     """Write an int8 version of a patch classifier, calibrated on ``n_patches`` patches of the
     manifest's training slides; returns ``out_path``.
 
@@ -49,7 +49,7 @@ def quantize_patch_model(model_path: str | Path, out_path: str | Path, manifest:
     """
     fp32 = OnnxModel(Path(model_path), "patch-classifier")
     batches = calibration_batches(manifest, index_dir, fp32.input_size, n_patches, seed=seed)
-    return quantize_onnx(model_path, out_path, batches, calibration, float_ends)
+    return quantize_onnx(model_path, out_path, batches, calibration, float_ends=float_ends)
 
 
 def end_nodes(model: object) -> list[str]:
@@ -62,7 +62,7 @@ def end_nodes(model: object) -> list[str]:
 
 
 def quantize_onnx(model_path: str | Path, out_path: str | Path, batches: list[np.ndarray],
-                  calibration: str = "minmax", float_ends: bool = False) -> Path:
+                  calibration: str = "minmax", *, float_ends: bool = False) -> Path:
     """int8 QDQ version of an h2gnet patch classifier, calibrated on ``batches`` (float32 NCHW in
     [0, 1]); the h2gnet metadata are kept, with ``precision = int8``. ``float_ends`` keeps the first
     convolution and the fully connected head in float32 (:func:`end_nodes`). Returns ``out_path``."""

@@ -46,7 +46,7 @@ def low_resolution(slide: Slide, size: int = REFINE_SIZE) -> LowRes:
 def network_input(low: LowRes, heatmap: Raster | None, size: int = REFINE_SIZE) -> np.ndarray:
     """(C, size, size) float32: RGB, plus the heatmap channel when given (C = 4, else 3 for UNet-LR)."""
     img = cv2.resize(low.image.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR) / np.float32(255)
-    channels = [img.transpose(2, 0, 1)]
+    channels: list[np.ndarray] = [img.transpose(2, 0, 1)]
     if heatmap is not None:
         heat = cv2.resize(heatmap.array.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
         channels.append(heat[None])

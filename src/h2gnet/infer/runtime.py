@@ -12,15 +12,20 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from h2gnet.errors import H2GNetError
 
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
 KINDS = ("patch-classifier", "refiner")
 
 
 def available_providers() -> list[str]:
+    """ONNX Runtime's execution providers on this machine (e.g. ``CPUExecutionProvider``)."""
     import onnxruntime as ort
 
     return list(ort.get_available_providers())
@@ -65,7 +70,7 @@ def sha256_of(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _load_session(path: Path, opts: object, providers: list[str]) -> object:
+def _load_session(path: Path, opts: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
     """An ONNX Runtime session, or an :class:`H2GNetError` naming the file when it cannot be loaded."""
     import onnxruntime as ort
 
@@ -151,6 +156,7 @@ class OnnxModel:
 
     @property
     def in_channels(self) -> int:
+        """Channels of the model input (3 RGB, 4 RGB + heatmap, 1 ...)."""
         return int(self.input_shape[1])
 
     @property
@@ -160,6 +166,7 @@ class OnnxModel:
 
     @property
     def classes(self) -> list[str]:
+        """Class names of the model output, in channel order."""
         return self.metadata.get("classes", "non-tumour,tumour").split(",")
 
     def sha256(self) -> str:
@@ -197,11 +204,11 @@ class _OpenVinoEngine:
             raise H2GNetError(None, f"OpenVINO precision must be fp32 or bf16, not {precision!r}")
         self.core = ov.Core()
         self.path = path
-        self.config = {"INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16",
+        self.config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16",
                        "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             self.config["INFERENCE_NUM_THREADS"] = int(threads)
-        self.compiled: dict[int, object] = {}
+        self.compiled: dict[int, Any] = {}
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         n = batch.shape[0]

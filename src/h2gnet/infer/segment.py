@@ -78,6 +78,7 @@ class Models:
 
     @classmethod
     def load(cls, cfg: SegmentConfig) -> Models:
+        """Load and check the models named in ``cfg`` (patch classifier, refiner or both)."""
         threads = cfg.threads or default_threads()
 
         def load(path: Path | None, kind: str) -> OnnxModel | None:
@@ -137,7 +138,7 @@ def segment_slide(slide: Slide | str | Path, out_dir: str | Path, models: Models
                 heat, _ = load_heatmap(cached)
             else:
                 heat = compute_heatmap(slide, models.patch, tissue, cfg.min_tissue, cfg.batch_size, cfg.readers,
-                                       cfg.progress, stats)
+                                       progress=cfg.progress, stats=stats)
             timings.update(stats.seconds)
         t = time.perf_counter()
         low = low_future.result()
@@ -160,6 +161,7 @@ def segment_slide(slide: Slide | str | Path, out_dir: str | Path, models: Models
             del paths["heatmap"]
         overlay.result()
     timings["write"] = time.perf_counter() - t
+    seconds = {k: round(v, 3) for k, v in timings.items()}
     summary = {
         "slide": str(slide.path), "name": slide.name, "h2gnet_version": __version__,
         "slide_mpp": slide.mpp, "dimensions_l0": list(slide.dimensions),
@@ -168,11 +170,11 @@ def segment_slide(slide: Slide | str | Path, out_dir: str | Path, models: Models
         "design": _design(models),
         "models": {name: {"path": str(m.path.resolve()), "sha256": m.sha256(), "arch": m.metadata.get("arch")}
                    for name, m in (("patch", models.patch), ("refine", models.refine)) if m is not None},
-        "device": cfg.device, "engine": models.patch.engine if models.patch else models.refine.engine,
-        "seconds": {k: round(v, 3) for k, v in timings.items()},
+        "device": cfg.device, "engine": (models.patch or models.refine).engine,  # type: ignore[union-attr]
+        "seconds": seconds,
         "outputs": {k: p.name for k, p in paths.items()},
     }
-    summary["seconds"]["total"] = round(sum(v for k, v in timings.items() if k != "inference"), 3)
+    seconds["total"] = round(sum(v for k, v in timings.items() if k != "inference"), 3)
     write_text(paths["summary"], json.dumps(summary, indent=2))
     return summary
 
@@ -231,7 +233,7 @@ def _read_status(out_dir: Path) -> dict[str, dict]:
 
 
 def segment_many(inputs: list[str], out_dir: str | Path, cfg: SegmentConfig, mpp: float | None = None,
-                 overwrite: bool = False) -> dict[str, dict]:
+                 *, overwrite: bool = False) -> dict[str, dict]:
     """Segment every input slide into ``out_dir``; one failure does not stop the others.
 
     Returns the status table (slide → {status, seconds, error}); ``status.csv`` is

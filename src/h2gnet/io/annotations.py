@@ -201,13 +201,14 @@ def _read_mask_pixels(path: Path) -> np.ndarray:
 
         try:
             with tifffile.TiffFile(path) as tif:
-                arr = tif.pages[0].asarray()
+                arr: np.ndarray | None = tif.pages[0].asarray()
         except Exception as exc:  # tifffile raises many types for bad files
             raise H2GNetError(path, f"cannot be read as a TIFF mask: {exc}") from None
     else:
         arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if arr is None:
             raise H2GNetError(path, "cannot be read as a mask image (missing, corrupt or unsupported)")
+    assert arr is not None
     if arr.ndim == 3:
         arr = arr[..., :3].max(axis=2)
     return arr

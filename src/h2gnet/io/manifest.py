@@ -83,7 +83,7 @@ def _parse_row(row: dict[str, str], base: Path, path: Path, line: int) -> SlideE
     )
 
 
-def read_manifest(path: str | Path, check_files: bool = True) -> list[SlideEntry]:
+def read_manifest(path: str | Path, *, check_files: bool = True) -> list[SlideEntry]:
     """Parse and validate a manifest; one clear error for every kind of problem.
 
     Checks: required columns, values, duplicate slides, duplicate slide file
@@ -101,7 +101,8 @@ def read_manifest(path: str | Path, check_files: bool = True) -> list[SlideEntry
     columns = [c.strip() for c in (reader.fieldnames or [])]
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
-        raise H2GNetError(path, f"missing column(s) {', '.join(missing)}; a manifest needs {', '.join(REQUIRED_COLUMNS)}")
+        raise H2GNetError(path, f"missing column(s) {', '.join(missing)}; "
+                                f"a manifest needs {', '.join(REQUIRED_COLUMNS)}")
     reader.fieldnames = columns
     base = path.parent
     entries = [_parse_row(row, base, path, i + 2) for i, row in enumerate(reader)]

@@ -34,9 +34,10 @@ class Raster:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """(rows, columns) of the array, in pixels at ``mpp``."""
         return int(self.array.shape[0]), int(self.array.shape[1])
 
-    def to_mpp(self, mpp: float, extent_l0: tuple[int, int], interpolation: int | None = None) -> "Raster":
+    def to_mpp(self, mpp: float, extent_l0: tuple[int, int], interpolation: int | None = None) -> Raster:
         """Resample to ``mpp`` µm/px covering a slide of ``extent_l0`` = (width, height) level-0 px.
 
         Area averaging when downsampling, bilinear when upsampling (or the given
@@ -50,7 +51,7 @@ class Raster:
         if interpolation is None:
             interpolation = cv2.INTER_AREA if mpp >= self.mpp else cv2.INTER_LINEAR
         src = self.array.astype(np.float32) if is_bool or self.array.dtype == np.uint8 else self.array
-        out = cv2.resize(src, (shape[1], shape[0]), interpolation=interpolation)
+        out: np.ndarray = cv2.resize(src, (shape[1], shape[0]), interpolation=interpolation)
         if is_bool:
             out = out > 0.5
         return Raster(out, mpp, self.slide_mpp)

@@ -156,7 +156,8 @@ class Slide:
         )
         self._background = self._background_colour()
         self._ycbcr = _mislabelled_ycbcr(self.path, self.properties)
-        self._tiles = open_tiff_tiles(self.path, self._handle) if isinstance(self._handle, openslide.OpenSlide) else None
+        is_openslide = isinstance(self._handle, openslide.OpenSlide)
+        self._tiles = open_tiff_tiles(self.path, self._handle) if is_openslide else None
 
     # -- metadata -----------------------------------------------------------------
     def _resolve_mpp(self, override: float | None) -> float:
@@ -176,7 +177,8 @@ class Slide:
             except ValueError:
                 mpp_y = mpp_x
             if mpp_y > 0 and abs(mpp_x - mpp_y) / mpp_x > 0.01:
-                warnings.warn(f"{self.path}: non-square pixels ({mpp_x} × {mpp_y} µm); using {mpp_x} µm/px", stacklevel=3)
+                warnings.warn(f"{self.path}: non-square pixels ({mpp_x} × {mpp_y} µm); using {mpp_x} µm/px",
+                              stacklevel=3)
         return _check_mpp(self.path, mpp_x, "the slide's")
 
     def _background_colour(self) -> np.ndarray:
@@ -322,6 +324,7 @@ class Slide:
 
     # -- lifecycle ----------------------------------------------------------------
     def close(self) -> None:
+        """Release the file handles (OpenSlide and direct TIFF tile readers)."""
         if self._tiles is not None:
             self._tiles.close()
         self._handle.close()

@@ -27,14 +27,13 @@ Properties are QuPath's: ``{"objectType": "annotation", "classification":
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from h2gnet.io import annotations
 from h2gnet.io.atomic import write_text
 from h2gnet.io.raster import Raster
 
@@ -120,7 +119,7 @@ def mask_polygons(mask: np.ndarray, min_area_px: float = 0.0) -> list[list[np.nd
     return polygons
 
 
-def _oriented(ring: np.ndarray, positive: bool) -> np.ndarray:
+def _oriented(ring: np.ndarray, *, positive: bool) -> np.ndarray:
     """``ring`` reversed if needed so its signed area is positive (or negative)."""
     return ring if (_signed_area(ring) > 0) == positive else ring[::-1]
 
@@ -186,50 +185,3 @@ def write_geojson(path: str | Path, fc: Mapping[str, Any]) -> Path:
     path = Path(path)
     write_text(path, json.dumps(fc, separators=(",", ":"), allow_nan=False))
     return path
-
-
-def _class_name(feature: Mapping[str, Any]) -> str | None:
-    cls = (feature.get("properties") or {}).get("classification")
-    if isinstance(cls, Mapping):
-        return cls.get("name")
-    return cls if isinstance(cls, str) else None
-
-
-def feature_polygons(fc: Mapping[str, Any], classes: Iterable[str] | None = None) -> list[list[np.ndarray]]:
-    """Polygons (list of float64 (N, 2) rings, exterior first) of a FeatureCollection dict.
-
-    Only Polygon and MultiPolygon geometries are read; ``classes`` keeps only
-    features whose classification name is one of these, case-insensitively
-    (None: all), like :func:`h2gnet.io.annotations.load_geojson`.
-    """
-    wanted = None if classes is None else {c.lower() for c in classes}
-    polygons: list[list[np.ndarray]] = []
-    for feature in fc.get("features", []):
-        if wanted is not None and (_class_name(feature) or "").lower() not in wanted:
-            continue
-        geometry = feature.get("geometry") or {}
-        parts = {"Polygon": [geometry.get("coordinates")], "MultiPolygon": geometry.get("coordinates")}
-        for poly in parts.get(geometry.get("type"), []) or []:
-            polygons.append([np.asarray(ring, dtype=np.float64).reshape(-1, 2) for ring in poly])
-    return polygons
-
-
-def geojson_to_mask(
-    fc_or_path: Mapping[str, Any] | str | Path,
-    slide_dims_l0: tuple[int, int],
-    slide_mpp: float,
-    mpp: float,
-    classes: Iterable[str] | None = None,
-) -> Raster:
-    """Rasterise a FeatureCollection (dict or file) to a boolean whole-slide mask at ``mpp`` µm/px.
-
-    Uses :func:`h2gnet.io.annotations.rasterize` (the project's one rasteriser);
-    a file is read with :func:`h2gnet.io.annotations.load_geojson`.
-    ``slide_dims_l0`` is (width, height) in level-0 px.
-    """
-
-    if isinstance(fc_or_path, Mapping):
-        polygons = feature_polygons(fc_or_path, classes)
-    else:
-        polygons = annotations.load_geojson(fc_or_path, classes=classes)
-    return annotations.rasterize(polygons, tuple(slide_dims_l0), slide_mpp, mpp)

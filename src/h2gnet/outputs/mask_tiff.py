@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -133,7 +134,7 @@ def _level_tiles(
             yield np.ascontiguousarray(block)
 
 
-def _description(mpp: float, binary: bool) -> str:
+def _description(mpp: float, *, binary: bool) -> str:
     values = "0=background 255=tumour" if binary else "uint8 class labels"
     return f"h2gnet segmentation mask; {values}; mpp={mpp:.6g} um/px"
 
@@ -175,7 +176,7 @@ def write_mask_tiff(
         raise ValueError(f"mpp must be positive, got {out_mpp}")
     shapes = pyramid_shapes(expected_shape(slide_dims_l0, mask.slide_mpp, out_mpp), max_top_px)
     raw_bytes = sum(r * c for r, c in shapes)
-    description = _description(out_mpp, binary)
+    description = _description(out_mpp, binary=binary)
     path = Path(path)
     try:
         with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=raw_bytes > 2**31) as tw:
@@ -193,7 +194,7 @@ def write_mask_tiff(
 
 def _page_options(
     shape: tuple[int, int], tile: int, compression: str, mpp_xy: tuple[float, float]
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """tifffile ``write`` arguments of one tiled 8-bit grey page at (x, y) µm/px ``mpp_xy``."""
     return {
         "shape": shape,

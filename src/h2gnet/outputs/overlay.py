@@ -67,7 +67,7 @@ def _draw_outline(img: np.ndarray, mask: Raster, color: tuple[int, int, int]) ->
 
 
 def _legend_entries(
-    heatmap: bool, mask: bool, annotation: bool
+    *, heatmap: bool, mask: bool, annotation: bool
 ) -> list[tuple[str, tuple[int, int, int] | None]]:
     """(label, colour) rows of the legend; colour None marks the colour bar."""
     rows: list[tuple[str, tuple[int, int, int] | None]] = []
@@ -147,7 +147,7 @@ def render_overlay(
     if mask is not None:
         _draw_outline(img, mask, PRED_COLOR)
     if legend:
-        rows = _legend_entries(heatmap is not None, mask is not None, annotation is not None)
+        rows = _legend_entries(heatmap=heatmap is not None, mask=mask is not None, annotation=annotation is not None)
         _draw_legend(img, rows, colormap)
     return img
 

@@ -124,6 +124,7 @@ class PatchIndex:
 
     @property
     def grid(self) -> PatchGrid:
+        """The patch grid this index was built on."""
         return PatchGrid(tuple(self.extent_l0), self.slide_mpp, self.patch_size, self.patch_mpp)  # type: ignore[arg-type]
 
     def counts(self) -> dict[str, int]:
@@ -135,6 +136,7 @@ class PatchIndex:
         }
 
     def metadata(self) -> dict:
+        """The index's settings and provenance, as stored in the Parquet file's metadata."""
         meta = {k: v for k, v in asdict(self).items() if k not in self.COLUMNS}
         meta["extent_l0"] = list(self.extent_l0)
         meta["h2gnet_version"] = __version__
@@ -152,6 +154,7 @@ class PatchIndex:
 
     @classmethod
     def load(cls, path: str | Path) -> PatchIndex:
+        """Read a patch index written by :meth:`save` (an error names the file when it is not one)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -167,7 +170,7 @@ class PatchIndex:
         return cls(
             slide=meta["slide"],
             slide_mpp=float(meta["slide_mpp"]),
-            extent_l0=tuple(meta["extent_l0"]),  # type: ignore[arg-type]
+            extent_l0=(int(meta["extent_l0"][0]), int(meta["extent_l0"][1])),
             patch_size=int(meta["patch_size"]),
             patch_mpp=float(meta["patch_mpp"]),
             grade=meta.get("grade"),
@@ -245,7 +248,7 @@ def index_slide(entry: SlideEntry, patch_size: int = PATCH_SIZE, patch_mpp: floa
         return index, tissue_area_mm2(tissue)
 
 
-def index_cohort(entries: list[SlideEntry], index_dir: str | Path, overwrite: bool = False,
+def index_cohort(entries: list[SlideEntry], index_dir: str | Path, *, overwrite: bool = False,
                  progress: bool = True, **kwargs: object) -> tuple[list[dict], list[tuple[Path, str]]]:
     """Index every entry into ``index_dir``; existing index files are reused unless ``overwrite``.
 

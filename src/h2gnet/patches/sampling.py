@@ -140,6 +140,7 @@ class PatchReader:
         self._slides: dict[int, Slide] = {}
 
     def read(self, slide: int, patch: int) -> np.ndarray:
+        """The RGB uint8 pixels of patch ``patch`` of slide ``slide`` (indexes into the sampler), read now."""
         ix = self.indexes[slide]
         handle = self._slides.get(slide)
         if handle is None:

@@ -50,13 +50,13 @@ def saturation(rgb: np.ndarray) -> np.ndarray:
 
 def tissue_from_rgb(rgb: np.ndarray, config: TissueConfig = TissueConfig()) -> np.ndarray:
     """Boolean tissue mask of an RGB image already at the tissue plane."""
-    mask = (saturation(rgb) > config.threshold).astype(np.uint8)
+    mask: np.ndarray = (saturation(rgb) > config.threshold).astype(np.uint8)
     for side in config.closings:
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((side, side), np.uint8))
     return mask.astype(bool)
 
 
-def detect_tissue(slide: Slide, config: TissueConfig = TissueConfig(), require: bool = True) -> Raster:
+def detect_tissue(slide: Slide, config: TissueConfig = TissueConfig(), *, require: bool = True) -> Raster:
     """Tissue mask of ``slide`` at ``config.mpp`` µm/px (the paper's ×1.25 plane).
 
     Raises :class:`H2GNetError` naming the slide when no tissue is found and

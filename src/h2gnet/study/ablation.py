@@ -68,10 +68,12 @@ class Study:
     progress: bool = True
 
     def section(self, name: str) -> dict:
+        """A copy of the config's ``[name]`` table (empty when absent)."""
         return dict(self.config.get(name, {}))
 
     @property
     def designs(self) -> list[str]:
+        """The design keys to run, in order (all of them when the config names none)."""
         designs = list(self.config.get("designs", DESIGNS))
         unknown = [d for d in designs if d not in DESIGNS]
         if unknown:
@@ -116,6 +118,7 @@ def step_cohort(study: Study) -> Path:
 
 
 def step_index(study: Study, manifest: Path) -> Path:
+    """Index the cohort's patches into ``index/`` (resumes); returns the folder."""
 
     index = study.out / "index"
     rows, failures = index_cohort(read_manifest(manifest), index, progress=study.progress)
@@ -145,6 +148,7 @@ def step_patch_model(study: Study, manifest: Path, index: Path, name: str) -> Pa
 
 
 def step_clusters(study: Study, manifest: Path, index: Path) -> Path:
+    """Fit the k-means cluster guiding once (``clusters/``); returns the folder."""
 
     out = study.out / "runs" / "clusters"
     if (out / ARRAYS_FILE).exists():
@@ -169,6 +173,7 @@ def step_heatmaps(study: Study, manifest: Path, model: Path, name: str) -> Path:
 
 
 def step_refiner(study: Study, manifest: Path, arch: str, heatmaps: Path | None) -> Path:
+    """Train (or reuse) the refiner ``arch`` on the heatmaps; returns its ``model.onnx``."""
 
     run = study.out / "runs" / arch
     if (run / MODEL_FILE).exists() and (run / METRICS_FILE).exists():
@@ -194,6 +199,7 @@ def _test_entries(manifest: Path) -> list:
 
 
 def predict_otsu(study: Study, manifest: Path, out: Path) -> None:
+    """Design (I): Otsu's threshold on the low-resolution image of every test slide, masks into ``out``."""
 
     for e in _test_entries(manifest):
         target = slide_outputs(out, e.key).mask
@@ -204,6 +210,7 @@ def predict_otsu(study: Study, manifest: Path, out: Path) -> None:
 
 def predict(study: Study, manifest: Path, out: Path, patch: Path | None, refiner: Path | None,
             heatmaps: Path | None) -> None:
+    """Segment the test slides with a patch model and/or refiner into ``out`` (resumes)."""
 
     cfg = SegmentConfig(patch_model=patch, refine_model=refiner, heatmap_dir=heatmaps, progress=study.progress)
     status = segment_many([str(e.slide) for e in _test_entries(manifest)], out, cfg)
@@ -234,6 +241,7 @@ def run_design(study: Study, design: str, manifest: Path, index: Path) -> Path:
 
 # -- results -------------------------------------------------------------------------------
 def evaluate_designs(study: Study, manifest: Path, designs: list[str]) -> list[dict]:
+    """Per-slide recall, precision and Dice of every design on the test split."""
 
     mpp = float(study.section("evaluate").get("mpp", EVAL_MPP))
     tests = _test_entries(manifest)
@@ -299,7 +307,7 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
-def run_study(config: dict, out: str | Path, progress: bool = True) -> dict:
+def run_study(config: dict, out: str | Path, *, progress: bool = True) -> dict:
     """Run (or resume) every design of ``config`` into ``out`` and write the results."""
     study = Study(config, Path(out), progress)
     study.out.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import time
 from pathlib import Path
@@ -30,6 +31,8 @@ def _img_tag(path: Path, alt: str, width: str = "100%", max_side: int | None = N
         mime, raw = "png", path.read_bytes()
     else:
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if img is None:
+            return ""
         scale = max_side / max(img.shape[:2])
         if scale < 1:
             img = cv2.resize(img, (round(img.shape[1] * scale), round(img.shape[0] * scale)),
@@ -41,7 +44,8 @@ def _img_tag(path: Path, alt: str, width: str = "100%", max_side: int | None = N
 
 def markdown_table_to_html(md: str) -> str:
     """The pipe tables of our own Markdown output as HTML (other lines become paragraphs)."""
-    out, rows = [], []
+    out: list[str] = []
+    rows: list[list[str]] = []
 
     def flush() -> None:
         if rows:
@@ -137,10 +141,8 @@ def write_html_report(out: Path, entries: list[SlideEntry], designs: dict[str, s
     the training logs by run name; the tables and figures are read from ``path``'s folder.
     """
     results = path.parent
-    try:
+    with contextlib.suppress(ImportError):  # matplotlib is in the [train] extra
         training_curves_png(logs, results / "training_curves.png")
-    except ImportError:
-        pass  # matplotlib is in the [train] extra
     parts = [f"<h1>h2gnet report</h1><p>h2gnet {__version__}, {time.strftime('%Y-%m-%d %H:%M')}, "
              f"output folder <code>{html.escape(str(out))}</code>.</p>",
              "<h2>Table 1 — test-set segmentation</h2>", markdown_table_to_html(table1_md)]

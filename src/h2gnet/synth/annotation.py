@@ -16,7 +16,7 @@ _UPSAMPLE = 4  # contours are traced on the tumour field upsampled this much (2 
 
 
 def _ring(contour: np.ndarray, cell_um: float, mpp: float, size: tuple[int, int], simplify_px: float,
-          exterior: bool) -> list[list[float]] | None:
+          *, exterior: bool) -> list[list[float]] | None:
     """A closed GeoJSON ring (level-0 px) from an OpenCV contour on a grid of ``cell_um`` µm cells."""
     approx = cv2.approxPolyDP(contour, simplify_px, True).reshape(-1, 2).astype(np.float64)
     if len(approx) < 3:
@@ -54,12 +54,12 @@ def tumour_polygons(spec: SlideSpec, simplify_um: float = 2.0) -> list[list[list
     for i, (_, _, child, parent) in enumerate(hierarchy[0]):
         if parent != -1:
             continue
-        exterior = _ring(contours[i], cell_um, spec.mpp, size, simplify_px, True)
+        exterior = _ring(contours[i], cell_um, spec.mpp, size, simplify_px, exterior=True)
         if exterior is None:
             continue
         rings = [exterior]
         while child != -1:
-            hole = _ring(contours[child], cell_um, spec.mpp, size, simplify_px, False)
+            hole = _ring(contours[child], cell_um, spec.mpp, size, simplify_px, exterior=False)
             if hole is not None:
                 rings.append(hole)
             child = hierarchy[0][child][0]

@@ -63,7 +63,7 @@ def _centre_table(grid: CellGrid, ci: np.ndarray, cj: np.ndarray) -> tuple[int, 
     return i0, j0, tx, ty
 
 
-def _nearest_in_table(s: float, ci, cj, i0, j0, tx, ty, x_um, y_um) -> tuple[np.ndarray, ...]:
+def _nearest_in_table(s: float, ci, cj, i0, j0, tx, ty, x_um, y_um) -> tuple[np.ndarray, ...]:  # noqa: PLR0913 - arrays of one vectorised step
     """Nearest centre (index into the table, flat) and the two smallest distances, over the 3 x 3 cells."""
     # offsets from each point's cell corner keep float32 precise anywhere on a slide
     rel_x = (x_um - ci * s).astype(np.float32)
@@ -146,8 +146,8 @@ class Nuclei:
         return int(self.x.size)
 
     @staticmethod
-    def build(x, y, a, b, angle, darkness, irregularity=0.0, rim=False, nucleolus=False,
-              shape_seed=0) -> "Nuclei":
+    def build(x, y, a, b, angle, darkness, irregularity=0.0, *, rim=False, nucleolus=False,  # noqa: PLR0913 - one per field
+              shape_seed=0) -> Nuclei:
         """Broadcast scalars to the length of ``x``."""
         n = np.asarray(x).size
         vals = [x, y, a, b, angle, darkness, irregularity, rim, nucleolus, shape_seed]
@@ -155,7 +155,8 @@ class Nuclei:
         return Nuclei(*(np.broadcast_to(np.asarray(v, dt), (n,)).copy() for v, dt in zip(vals, dtypes)))
 
     @staticmethod
-    def concat(parts: list["Nuclei"]) -> "Nuclei":
+    def concat(parts: list[Nuclei]) -> Nuclei:
+        """All nuclei of ``parts`` in one set."""
         return Nuclei(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Nuclei)))
 
 

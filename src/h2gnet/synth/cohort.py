@@ -22,8 +22,6 @@ time, so just under two minutes on two free cores.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import csv
-import io
 import math
 import multiprocessing
 import os
@@ -35,6 +33,7 @@ from tqdm import tqdm
 
 from h2gnet.errors import H2GNetError
 from h2gnet.io.atomic import write_text
+from h2gnet.io.manifest import SlideEntry, write_manifest
 from h2gnet.synth.annotation import geojson_text
 from h2gnet.synth.noise import sub_seed
 from h2gnet.synth.slide import render_slide
@@ -42,7 +41,6 @@ from h2gnet.synth.spec import make_slide_spec, validate_geometry
 
 DEFAULT_WIDTH, DEFAULT_HEIGHT = 12000, 9000
 MIN_LEVEL_PX = 64
-MANIFEST_COLUMNS = ("slide", "annotation", "grade", "split")
 
 #: (level-0 µm/px, pyramid downsamples, size factor) cycled through by the default cohort.
 LAYOUTS: tuple[tuple[float, tuple[int, ...], float], ...] = (
@@ -70,10 +68,12 @@ class CohortSlide:
 
     @property
     def slide_path(self) -> str:
+        """The slide's path relative to the cohort folder."""
         return f"slides/{self.name}.tiff"
 
     @property
     def annotation_path(self) -> str:
+        """The annotation's path relative to the cohort folder."""
         return f"annotations/{self.name}.geojson"
 
 
@@ -102,7 +102,7 @@ def assign_splits(grades: list[int], rng: np.random.Generator, val_fraction: flo
     every grade; with fewer, there is at least one train slide, and at least one
     test slide from 2 slides on (val from 3 on).
     """
-    if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
+    if not (val_fraction >= 0 and test_fraction >= 0 and val_fraction + test_fraction < 1):
         raise H2GNetError(None, f"val and test fractions must be ≥ 0 and leave training slides, "
                                 f"not {val_fraction} and {test_fraction}")
     n = len(grades)
@@ -121,11 +121,11 @@ def assign_splits(grades: list[int], rng: np.random.Generator, val_fraction: flo
         return splits
     idx = list(range(n))
     rng.shuffle(idx)
-    n_test = max(1, round(test_fraction * n)) if n >= 2 and test_fraction > 0 else 0
-    n_val = max(1, round(val_fraction * n)) if n >= 3 and val_fraction > 0 else 0
-    for i in idx[:n_test]:
+    k_test = max(1, round(test_fraction * n)) if n >= 2 and test_fraction > 0 else 0
+    k_val = max(1, round(val_fraction * n)) if n >= 3 and val_fraction > 0 else 0
+    for i in idx[:k_test]:
         splits[i] = "test"
-    for i in idx[n_test : n_test + n_val]:
+    for i in idx[k_test : k_test + k_val]:
         splits[i] = "val"
     return splits
 
@@ -174,23 +174,13 @@ def render_cohort_slide(out_dir: Path, item: CohortSlide) -> str:
     return item.name
 
 
-def manifest_text(plan: list[CohortSlide]) -> str:
-    """The manifest CSV (header ``slide,annotation,grade,split``; paths relative to it)."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(MANIFEST_COLUMNS)
-    for item in plan:
-        writer.writerow([item.slide_path, item.annotation_path, item.grade, item.split])
-    return buf.getvalue()
-
-
 def _init_worker() -> None:
     import cv2
 
     cv2.setNumThreads(1)
 
 
-def make_cohort(out_dir: str | Path, n_slides: int = 24, seed: int = 0, width: int | None = None,
+def make_cohort(out_dir: str | Path, n_slides: int = 24, seed: int = 0, *, width: int | None = None,  # noqa: PLR0913 - keyword-only settings
                 height: int | None = None, mpp: float | None = None, progress: bool = True,
                 workers: int | None = None, val_fraction: float = 0.2, test_fraction: float = 0.2) -> Path:
     """Generate a phantom cohort in ``out_dir`` and return the path of its ``manifest.csv``.
@@ -227,5 +217,6 @@ def make_cohort(out_dir: str | Path, n_slides: int = 24, seed: int = 0, width: i
                     fut.result()
                     bar.update()
     manifest = out_dir / "manifest.csv"
-    write_text(manifest, manifest_text(plan))
+    write_manifest(manifest, [SlideEntry(slide=out_dir / item.slide_path, annotation=out_dir / item.annotation_path,
+                                         grade=item.grade, split=item.split) for item in plan])
     return manifest

@@ -18,7 +18,7 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale_px: flo
     scale_px = max(scale_px, 1.0)
     # White noise on a grid ~4 samples per feature, cubic-upsampled then lightly blurred.
     ch, cw = max(4, int(np.ceil(h / scale_px * 4)) + 4), max(4, int(np.ceil(w / scale_px * 4)) + 4)
-    base = rng.standard_normal((ch, cw)).astype(np.float32)
+    base: np.ndarray = rng.standard_normal((ch, cw)).astype(np.float32)
     base = cv2.GaussianBlur(base, (0, 0), 1.2, borderType=cv2.BORDER_REFLECT)
     up = cv2.resize(base, (w, h), interpolation=cv2.INTER_CUBIC)
     up -= up.mean()

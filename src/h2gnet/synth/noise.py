@@ -55,7 +55,7 @@ def hash_u64(seed: int, *keys: np.ndarray | int) -> np.ndarray:
     """
     if len(keys) > len(_KEY_MULT):
         raise ValueError("at most three hash keys")
-    acc = np.uint64(_splitmix_int(int(seed) & 0xFFFFFFFFFFFFFFFF))
+    acc: np.ndarray = np.asarray(np.uint64(_splitmix_int(int(seed) & 0xFFFFFFFFFFFFFFFF)))
     with np.errstate(over="ignore"):
         for key, mult in zip(keys, _KEY_MULT):
             acc = acc + np.asarray(key, dtype=np.int64).astype(np.uint64) * mult

@@ -28,8 +28,8 @@ JPEG_SUBSAMPLING = (2, 2)
 
 def encode_tile(tile: np.ndarray, quality: int) -> bytes:
     """JPEG bytes of an RGB uint8 tile, as TIFF JPEG compression with YCbCr 4:2:0 expects."""
-    return imagecodecs.jpeg8_encode(tile, level=quality, colorspace="RGB", outcolorspace="YCBCR",
-                                    subsampling=JPEG_SUBSAMPLING)
+    return bytes(imagecodecs.jpeg8_encode(tile, level=quality, colorspace="RGB", outcolorspace="YCBCR",
+                                       subsampling=JPEG_SUBSAMPLING))
 
 
 def _pad_to(block: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -51,7 +51,8 @@ class _TileStore:
     """Encoded tiles of one reduced level, appended in order to an anonymous temporary file."""
 
     def __init__(self, directory: Path) -> None:
-        self._file: BinaryIO = tempfile.TemporaryFile(dir=directory, prefix=".h2gnet-level-")
+        self._file: BinaryIO = tempfile.TemporaryFile(  # noqa: SIM115 - lives as long as the store; closed by close()
+            dir=directory, prefix=".h2gnet-level-")
         self._sizes: list[int] = []
 
     def append(self, data: bytes) -> None:
@@ -72,7 +73,7 @@ class _Level:
     """A reduced level fed with full-width rows of the level above; tiles finished rows into a store."""
 
     def __init__(self, size: tuple[int, int], factor: int, tile: int, quality: int, store: _TileStore,
-                 below: "_Level | None") -> None:
+                 below: _Level | None) -> None:
         self.width, self.height = size
         self.factor, self.tile, self.quality = factor, tile, quality
         self.store, self.below = store, below
@@ -80,7 +81,7 @@ class _Level:
         self._strip: np.ndarray | None = None  # rows of this level not yet tiled
         self.rows_done = 0
 
-    def feed(self, rows: np.ndarray, final: bool = False) -> None:
+    def feed(self, rows: np.ndarray, *, final: bool = False) -> None:
         """Accept rows of the level above; ``final`` flushes everything (pads the last partial row)."""
         pend = rows if self._pending is None else np.concatenate([self._pending, rows])
         f = self.factor
@@ -90,9 +91,9 @@ class _Level:
             usable = len(pend)
         self._pending = pend[usable:] if usable < len(pend) else None
         if usable:
-            self._emit(self._reduce(pend[:usable]), final)
+            self._emit(self._reduce(pend[:usable]), final=final)
         elif final:
-            self._emit(np.zeros((0, self.width, 3), np.uint8), final)
+            self._emit(np.zeros((0, self.width, 3), np.uint8), final=final)
 
     def _reduce(self, block: np.ndarray) -> np.ndarray:
         """Box-filter ``block`` (rows a multiple of ``factor``) by ``factor``, replicating the right edge."""
@@ -100,11 +101,11 @@ class _Level:
         block = _pad_to(block, block.shape[0], self.width * f)[:, : self.width * f]
         return cv2.resize(block, (self.width, block.shape[0] // f), interpolation=cv2.INTER_AREA)
 
-    def _emit(self, rows: np.ndarray, final: bool) -> None:
+    def _emit(self, rows: np.ndarray, *, final: bool) -> None:
         rows = rows[: max(0, self.height - self.rows_done)]
         self.rows_done += len(rows)
         if self.below is not None:
-            self.below.feed(rows, final)
+            self.below.feed(rows, final=final)
         strip = rows if self._strip is None else np.concatenate([self._strip, rows])
         t = self.tile
         while len(strip) >= t or (final and len(strip)):
@@ -114,7 +115,7 @@ class _Level:
         self._strip = strip if len(strip) else None
 
 
-def write_pyramid_tiff(
+def write_pyramid_tiff(  # noqa: PLR0913 - the TIFF writer's settings, passed by the one caller
     path: Path,
     size: tuple[int, int],
     downsamples: tuple[int, ...],
@@ -123,7 +124,7 @@ def write_pyramid_tiff(
     mpp: float,
     quality: int = 90,
     description: str = "",
-    bigtiff: bool | None = None,
+    *, bigtiff: bool | None = None,
     on_tile: Callable[[], None] | None = None,
 ) -> None:
     """Write a pyramidal tiled JPEG TIFF of ``size`` = (width, height) level-0 px to ``path``.

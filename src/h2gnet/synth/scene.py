@@ -75,7 +75,7 @@ class _Seeds:
     adipocyte: int
 
     @staticmethod
-    def of(seed: int) -> "_Seeds":
+    def of(seed: int) -> _Seeds:
         return _Seeds(*(sub_seed(seed, 1000 + i) for i in range(10)))
 
 
@@ -310,7 +310,7 @@ class SceneRenderer:
     # ------------------------------------------------------------------ nuclei of a region
 
     def _nuclei(self, x0_um: float, y0_um: float, x1_um: float, y1_um: float, gland_idx: np.ndarray,
-                has_tumour: bool) -> Nuclei:
+                *, has_tumour: bool) -> Nuclei:
         """All nuclei whose outline may reach the µm box: stroma, lymphocytes, gland linings, tumour."""
         r = _NUCLEUS_REACH_UM
         box = (x0_um - r, y0_um - r, x1_um + r, y1_um + r)
@@ -393,7 +393,7 @@ class SceneRenderer:
 
     def render(self, x: int, y: int, w: int, h: int) -> np.ndarray:
         """RGB uint8 (h, w, 3) of level-0 pixels ``[x, x+w) x [y, y+h)``; may extend past the slide edge."""
-        k, mpp = self.k, self.spec.mpp
+        k = self.k
         x0 = (x - _MARGIN_PX) // k * k
         y0 = (y - _MARGIN_PX) // k * k
         pw = -(-(x + w + _MARGIN_PX - x0) // k) * k
@@ -414,7 +414,7 @@ class SceneRenderer:
                      ph: int) -> tuple[np.ndarray, np.ndarray]:
         """Fat membranes, glands and nuclei at level-0 resolution."""
         spec, mpp = self.spec, self.spec.mpp
-        if coarse.fat_flag is not None:
+        if coarse.fat_flag is not None and coarse.fat_edge is not None:
             flag = self._upsample(coarse.fat_flag, pw, ph)
             edge = self._upsample(coarse.fat_edge, pw, ph)
             membrane = np.clip(1.0 - (edge - 0.3) / 0.7, 0.0, 1.0)
@@ -426,7 +426,7 @@ class SceneRenderer:
             canv = GlandCanvases.empty((ph, pw))
             draw_glands(canv, spec.glands, gland_idx, x0, y0, mpp)
             e, hh = self._composite_glands(canv, e, hh)
-        nuclei = self._nuclei(bx0, by0, bx1, by1, gland_idx, coarse.has_tumour)
+        nuclei = self._nuclei(bx0, by0, bx1, by1, gland_idx, has_tumour=coarse.has_tumour)
         if len(nuclei):
             cover = np.zeros((ph, pw), np.uint8)
             dark = np.zeros((ph, pw), np.uint8)

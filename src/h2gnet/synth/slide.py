@@ -22,7 +22,7 @@ def slide_description(spec: SlideSpec) -> str:
     )
 
 
-def render_slide(path: str | Path, spec: SlideSpec, progress: bool = False, bigtiff: bool | None = None,
+def render_slide(path: str | Path, spec: SlideSpec, *, progress: bool = False, bigtiff: bool | None = None,
                  threads: int = 1) -> None:
     """Render ``spec`` to ``path`` (a tiled pyramidal JPEG TIFF), tile by tile with bounded memory.
 
@@ -49,12 +49,12 @@ def render_slide(path: str | Path, spec: SlideSpec, progress: bool = False, bigt
 
     n_tiles = len(starts) * -(-spec.height // t)
     try:
-        with tqdm(total=n_tiles, unit="tile", desc=path.name, disable=not progress, leave=False) as bar:
-            with atomic_path(path) as tmp:
-                write_pyramid_tiff(
-                    tmp, (spec.width, spec.height), spec.pyramid, t, render_row, spec.mpp, spec.jpeg_quality,
-                    slide_description(spec), bigtiff, on_tile=bar.update,
-                )
+        with (tqdm(total=n_tiles, unit="tile", desc=path.name, disable=not progress, leave=False) as bar,
+              atomic_path(path) as tmp):
+            write_pyramid_tiff(
+                tmp, (spec.width, spec.height), spec.pyramid, t, render_row, spec.mpp, spec.jpeg_quality,
+                slide_description(spec), bigtiff=bigtiff, on_tile=bar.update,
+            )
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

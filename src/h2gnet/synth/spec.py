@@ -62,7 +62,7 @@ class Glands:
         return np.flatnonzero(hit)
 
     @staticmethod
-    def concat(parts: list["Glands"]) -> "Glands":
+    def concat(parts: list[Glands]) -> Glands:
         """All glands of ``parts``, in order."""
         names = ("kind", "x", "y", "ra", "rb", "angle", "lumen", "seed")
         return Glands(*(np.concatenate([getattr(p, n) for p in parts]) for n in names))

@@ -31,7 +31,8 @@ class GlandCanvases:
     rbc: np.ndarray
 
     @staticmethod
-    def empty(shape: tuple[int, int]) -> "GlandCanvases":
+    def empty(shape: tuple[int, int]) -> GlandCanvases:
+        """Blank canvases of ``shape`` (rows, columns)."""
         return GlandCanvases(*(np.zeros(shape, np.uint8) for _ in range(5)))
 
 
@@ -186,4 +187,5 @@ def tumour_nuclei(style: GradeStyle, seed: int, key: np.ndarray, x: np.ndarray, 
     a = np.where(mitosis, a * 0.85, a)
     shape_seed = (hash_u64(seed, key, 99) >> np.uint64(2)).astype(np.int64)
     nucleolus = vesicular & (u[7] > 0.3)
-    return Nuclei.build(x, y, a, a / aspect, ang, dark, irregular, vesicular, nucleolus, shape_seed)
+    return Nuclei.build(x, y, a, a / aspect, ang, dark, irregular, rim=vesicular, nucleolus=nucleolus,
+                        shape_seed=shape_seed)

@@ -65,7 +65,7 @@ def _flip_rotate_params(
     return hflip, vflip, k
 
 
-def _flip_rotate(array: np.ndarray, hflip: bool, vflip: bool, k: int) -> np.ndarray:
+def _flip_rotate(array: np.ndarray, *, hflip: bool, vflip: bool, k: int) -> np.ndarray:
     """Apply flips and ``k`` quarter turns to the first two (row, column) axes; lossless."""
     if hflip:
         array = array[:, ::-1]
@@ -151,7 +151,7 @@ def augment_patch(
     _validate_patch(img)
     cfg = config or PatchAugmentConfig()
     hflip, vflip, k = _flip_rotate_params(rng, cfg.p_hflip, cfg.p_vflip, cfg.p_rot90)
-    out = _flip_rotate(img, hflip, vflip, k)
+    out = _flip_rotate(img, hflip=hflip, vflip=vflip, k=k)
     if rng.random() < cfg.p_hsv:
         dh = float(rng.uniform(-cfg.hue_shift, cfg.hue_shift))
         ds = float(rng.uniform(-cfg.sat_shift, cfg.sat_shift))
@@ -352,7 +352,7 @@ def augment_refinement(
     if k and height != width:
         k = 2  # a quarter turn would change the size of a non-square sample
     out_image, out_heatmap, out_mask = (
-        _flip_rotate(a, hflip, vflip, k) for a in (out_image, out_heatmap, out_mask)
+        _flip_rotate(a, hflip=hflip, vflip=vflip, k=k) for a in (out_image, out_heatmap, out_mask)
     )
 
     if rng.random() < cfg.p_zoom:

@@ -25,6 +25,7 @@ import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,14 +78,17 @@ class ClusterModel:
 
     @property
     def k(self) -> int:
+        """Number of clusters."""
         return int(self.centroids.shape[0])
 
     @property
     def n_components(self) -> int:
+        """PCA components kept."""
         return int(self.pca_components.shape[0])
 
     @property
     def n_features(self) -> int:
+        """Length of the feature vectors the model was fitted on."""
         return int(self.pca_components.shape[1])
 
     def transform(self, features: np.ndarray) -> np.ndarray:
@@ -207,7 +211,8 @@ def fit_clustering_from_batches(
 
 def _npz_bytes(model: ClusterModel) -> bytes:
     buffer = io.BytesIO()
-    np.savez(buffer, **{name: np.asarray(getattr(model, name), dtype=np.float64) for name in _ARRAY_NAMES})
+    arrays: dict[str, Any] = {name: np.asarray(getattr(model, name), dtype=np.float64) for name in _ARRAY_NAMES}
+    np.savez(buffer, **arrays)
     return buffer.getvalue()
 
 
@@ -332,6 +337,13 @@ class ClusterAssigner(nn.Module):
     Input: (N, D) float features.  Output: (N,) int64 cluster ids in [0, k).
     """
 
+    # buffers registered in __init__ (declared for type checkers)
+    scaler_mean: Tensor
+    scaler_scale: Tensor
+    pca_mean: Tensor
+    pca_components: Tensor
+    centroids: Tensor
+
     def __init__(self, model: ClusterModel, dtype: torch.dtype = torch.float64) -> None:
         super().__init__()
         self.k = model.k
@@ -342,12 +354,13 @@ class ClusterAssigner(nn.Module):
             self.register_buffer(name, torch.as_tensor(getattr(model, name), dtype=dtype))
         self.eval()
 
-    def train(self, mode: bool = True) -> ClusterAssigner:  # noqa: ARG002 - frozen: always eval
+    def train(self, mode: bool = True) -> ClusterAssigner:  # noqa: ARG002, FBT001, FBT002 - overrides nn.Module.train: frozen, always eval
         """Stay in eval mode whatever a parent module asks."""
         return super().train(False)
 
     @torch.no_grad()
     def forward(self, features: Tensor) -> Tensor:
+        """(N, n_features) features -> (N,) int64 cluster ids."""
         if features.ndim != 2 or features.shape[1] != self.scaler_mean.shape[0]:
             raise ValueError(
                 f"expected (N, {self.scaler_mean.shape[0]}) features, got shape {tuple(features.shape)}"
@@ -379,12 +392,13 @@ class ImageClusterAssigner(nn.Module):
         self.assigner = assigner
         self.eval()
 
-    def train(self, mode: bool = True) -> ImageClusterAssigner:  # noqa: ARG002 - frozen: always eval
+    def train(self, mode: bool = True) -> ImageClusterAssigner:  # noqa: ARG002, FBT001, FBT002 - overrides nn.Module.train: frozen, always eval
         """Stay in eval mode whatever a parent module asks."""
         return super().train(False)
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:
+        """(N, 3, H, W) RGB images in [0, 1] -> (N,) int64 cluster ids."""
         return self.assigner(self.extractor(images))
 
 

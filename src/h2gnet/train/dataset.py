@@ -30,13 +30,12 @@ def patch_stream(
             info = get_worker_info()
             worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
             reader = PatchReader(sampler.indexes, out_size)
-            stream = sample_stream(sampler, reader, seed=int(np.random.SeedSequence([seed, worker]).generate_state(1)[0]), augment=augment)
+            worker_seed = int(np.random.SeedSequence([seed, worker]).generate_state(1)[0])
+            stream = sample_stream(sampler, reader, seed=worker_seed, augment=augment)
             count = None if length is None else length // n_workers + (worker < length % n_workers)
-            n = 0
-            for img, d in stream:
+            for n, (img, d) in enumerate(stream):
                 if count is not None and n >= count:
                     return
-                n += 1
                 x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
                 yield x, d.label, d.cluster, d.slide
 

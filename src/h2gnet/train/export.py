@@ -76,7 +76,7 @@ def _export_bytes(model: nn.Module, example: Tensor, input_name: str, opset: int
         torch.onnx.export(
             _WithSoftmax(model),
             (example,),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # torch.onnx.export accepts file-like objects
             input_names=[input_name],
             output_names=["probabilities"],
             dynamic_axes={input_name: {0: "batch"}, "probabilities": {0: "batch"}},

@@ -83,7 +83,7 @@ def _samplers(cfg: PatchTrainConfig) -> tuple[HierarchicalSampler, HierarchicalS
             load_indexes(test, cfg.index_dir) if test else [])
 
 
-def _loader(sampler: HierarchicalSampler, cfg: PatchTrainConfig, seed: int, steps: int, augment: bool,
+def _loader(sampler: HierarchicalSampler, cfg: PatchTrainConfig, seed: int, steps: int, *, augment: bool,
             input_size: int) -> DataLoader:
     aug = None
     if augment:
@@ -152,7 +152,7 @@ def _run_epoch(model, loader, steps, assigner, cluster_size, optimizer=None, bar
             "seconds": time.perf_counter() - t0, "samples": n}
 
 
-def train_patch_classifier(run_dir: str | Path, cfg: PatchTrainConfig, overwrite: bool = False) -> dict:
+def train_patch_classifier(run_dir: str | Path, cfg: PatchTrainConfig, *, overwrite: bool = False) -> dict:
     """Train (or resume) in ``run_dir``; export ``model.onnx``; evaluate the test patches.
 
     Returns the final metrics (also written to ``run_dir/metrics.json``).
@@ -165,7 +165,7 @@ def train_patch_classifier(run_dir: str | Path, cfg: PatchTrainConfig, overwrite
     train_s, val_s, test_ix = _samplers(cfg)
     patch_size, patch_mpp = train_s.indexes[0].patch_size, train_s.indexes[0].patch_mpp
     input_size = cfg.input_size or patch_size
-    ckpt = prepare_run(run_dir, cfg, overwrite)
+    ckpt = prepare_run(run_dir, cfg, overwrite=overwrite)
     model = build_classifier(cfg.arch, cfg.n_classes, cfg.weights).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     start, best = 0, math.inf
@@ -179,9 +179,10 @@ def train_patch_classifier(run_dir: str | Path, cfg: PatchTrainConfig, overwrite
     with tqdm(total=total_steps, desc="train-patch", unit="batch", disable=not cfg.progress) as bar:
         for epoch in range(start, cfg.epochs):
             bar.set_description(f"train-patch epoch {epoch + 1}/{cfg.epochs}")
-            tr = _run_epoch(model, _loader(train_s, cfg, _seed(cfg.seed, epoch), cfg.steps, cfg.augment,
-                                           input_size), cfg.steps, assigner, cluster_size, optimizer, bar)
-            va = _run_epoch(model, _loader(val_s, cfg, _seed(cfg.seed, -1), cfg.val_steps, False, input_size),
+            tr = _run_epoch(model, _loader(train_s, cfg, _seed(cfg.seed, epoch), cfg.steps, augment=cfg.augment,
+                                           input_size=input_size), cfg.steps, assigner, cluster_size, optimizer, bar)
+            val_loader = _loader(val_s, cfg, _seed(cfg.seed, -1), cfg.val_steps, augment=False, input_size=input_size)
+            va = _run_epoch(model, val_loader,
                             cfg.val_steps, assigner, cluster_size, None, bar)
             improved = va["loss"] < best
             if improved:

@@ -72,7 +72,7 @@ class Sample:
     y: np.ndarray
 
 
-def load_sample(entry: SlideEntry, heatmap_dir: str | Path | None, size: int, use_heatmap: bool) -> Sample:
+def load_sample(entry: SlideEntry, heatmap_dir: str | Path | None, size: int, *, use_heatmap: bool) -> Sample:
     """Build one slide's input (low-res RGB [+ heatmap]) and target at ``size``² px."""
     if entry.annotation is None:
         raise H2GNetError(entry.slide, "has no annotation to train the refinement network on")
@@ -155,7 +155,7 @@ def _validate(model, samples, cfg) -> tuple[float, float]:
     return sum(losses) / len(samples), float(np.mean(dices))
 
 
-def train_refiner(run_dir: str | Path, cfg: RefineTrainConfig, overwrite: bool = False) -> dict:
+def train_refiner(run_dir: str | Path, cfg: RefineTrainConfig, *, overwrite: bool = False) -> dict:
     """Train (or resume) in ``run_dir``; export ``model.onnx``; return the final metrics."""
     from tqdm.auto import tqdm
 
@@ -166,13 +166,13 @@ def train_refiner(run_dir: str | Path, cfg: RefineTrainConfig, overwrite: bool =
     use_heat = cfg.arch != "unet-lr"
     model = build_refiner(cfg.arch, filters=cfg.filters)
     model.check_size(cfg.input_size, cfg.input_size)
-    ckpt = prepare_run(run_dir, cfg, overwrite)
+    ckpt = prepare_run(run_dir, cfg, overwrite=overwrite)
     sets = {}
     for split in ("train", "val"):
         chosen = [e for e in select(entries, split) if e.annotation is not None]
         if not chosen:
             raise H2GNetError(cfg.manifest, f"has no annotated slides in the {split} split")
-        sets[split] = [load_sample(e, cfg.heatmaps, cfg.input_size, use_heat)
+        sets[split] = [load_sample(e, cfg.heatmaps, cfg.input_size, use_heatmap=use_heat)
                        for e in tqdm(chosen, desc=f"load {split}", unit="slide", disable=not cfg.progress)]
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     start, best, best_epoch = 0, math.inf, 0

@@ -23,7 +23,7 @@ BEST_CHECKPOINT = "checkpoint_best.pt"
 RESUMABLE_CHANGES = {"epochs", "workers", "progress", "threads", "patience"}
 
 
-def prepare_run(run_dir: Path, config: Any, overwrite: bool = False) -> dict | None:
+def prepare_run(run_dir: Path, config: Any, *, overwrite: bool = False) -> dict | None:
     """Create ``run_dir`` or check it for resumption; returns the last checkpoint, if any.
 
     A folder holding a run with a different configuration is refused (unless
@@ -70,6 +70,7 @@ def append_log(run_dir: Path, row: dict) -> None:
 
 
 def read_log(run_dir: Path) -> list[dict]:
+    """The rows of a run's ``log.csv`` (empty when there is none)."""
     path = Path(run_dir) / LOG_FILE
     if not path.exists():
         return []
@@ -87,10 +88,12 @@ def truncate_log(run_dir: Path, epochs_done: int) -> None:
 
 
 def config_from_dict(cls: type, data: dict) -> Any:
+    """A config dataclass from a dict, keeping only its fields."""
     names = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
 def set_threads(threads: int | None) -> None:
+    """Set torch's intra-op threads (None: leave torch's default)."""
     if threads:
         torch.set_num_threads(int(threads))

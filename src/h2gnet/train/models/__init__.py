@@ -25,7 +25,11 @@ _EXPORTS = {
     "parameter_count": "h2gnet.train.models.common",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [  # noqa: RUF022 - the names of _EXPORTS, written out for linters
+    "PatchClassifier", "Refiner", "build_classifier", "build_refiner", "calibrate_batchnorm", "keras_style_count",
+    "parameter_count",
+]
+assert sorted(__all__) == sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:

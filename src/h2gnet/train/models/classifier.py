@@ -52,6 +52,9 @@ class PatchClassifier(nn.Module):
     ``backbone`` (the torchvision feature extractor) and ``head``.
     """
 
+    mean: Tensor  # buffers registered in __init__
+    std: Tensor
+
     def __init__(
         self, arch: str, backbone: nn.Module, n_features: int, n_classes: int, dropout: float
     ) -> None:

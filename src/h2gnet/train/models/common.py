@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
-def parameter_count(model: nn.Module, trainable_only: bool = False) -> int:
+def parameter_count(model: nn.Module, *, trainable_only: bool = False) -> int:
     """Number of parameters (weights and biases) in ``model``.
 
     ``trainable_only`` counts only those with ``requires_grad``.  Buffers such

@@ -52,6 +52,9 @@ class VGG16Features(nn.Module):
     The module is frozen (no gradients, always in eval mode).
     """
 
+    mean: Tensor  # buffers registered in __init__
+    std: Tensor
+
     name = EXTRACTOR_NAME
 
     def __init__(self) -> None:
@@ -63,11 +66,12 @@ class VGG16Features(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> VGG16Features:  # noqa: ARG002 - frozen: always eval
+    def train(self, mode: bool = True) -> VGG16Features:  # noqa: ARG002, FBT001, FBT002 - overrides nn.Module.train: frozen, always eval
         """Stay in eval mode whatever a parent module asks."""
         return super().train(False)
 
     def forward(self, images: Tensor) -> Tensor:
+        """(N, 3, H, W) RGB images in [0, 1] -> (N, 512) globally average-pooled features."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected (N, 3, H, W) RGB images, got shape {tuple(images.shape)}")
         x = (images.float() - self.mean) / self.std
@@ -76,8 +80,9 @@ class VGG16Features(nn.Module):
 
 def _load_features_state(module: VGG16Features, state: dict[str, Tensor], source: str | Path) -> None:
     """Load the ``features.*`` entries of a torchvision VGG16 (or our own) state dict."""
-    if isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
+    nested = state.get("state_dict")
+    if isinstance(nested, dict):
+        state = nested
     features = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
     if not features:
         raise H2GNetError(source, "not a VGG16 state dict (no 'features.*' entries)")

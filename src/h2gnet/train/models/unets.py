@@ -85,7 +85,7 @@ class Refiner(nn.Module):
     """
 
     def __init__(
-        self, arch: str, in_channels: int, n_classes: int, size_multiple: int, has_aux: bool
+        self, arch: str, in_channels: int, n_classes: int, size_multiple: int, *, has_aux: bool
     ) -> None:
         super().__init__()
         if in_channels < 1:
@@ -169,7 +169,7 @@ class UNet(Refiner):
             channels = f
         self.classify = nn.Conv2d(channels, n_classes, 1)
 
-    def forward(self, x: Tensor, return_aux: bool = False) -> Tensor | list[Tensor]:
+    def forward(self, x: Tensor, *, return_aux: bool = False) -> Tensor | list[Tensor]:
         """Logits (N, n_classes, H, W); ``[logits]`` if ``return_aux``."""
         self._validate(x)
         skips = []
@@ -227,7 +227,7 @@ class _UpBlock(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, skip_channels: int, out_channels: int, gated: bool, dropout: float
+        self, in_channels: int, skip_channels: int, out_channels: int, *, gated: bool, dropout: float
     ) -> None:
         super().__init__()
         self.up = nn.Sequential(
@@ -264,7 +264,7 @@ class AttentionUNet(Refiner):
         n_classes: int = 2,
         filters: Sequence[int] = EIGHT_LEVEL_FILTERS,
         dropout: float = 0.1,
-        dual_attention: bool = False,
+        *, dual_attention: bool = False,
     ) -> None:
         filters = _check_filters(filters, 2)
         arch = "dagunet" if dual_attention else "agunet"
@@ -279,7 +279,7 @@ class AttentionUNet(Refiner):
             channels = f
         self.heads = nn.ModuleList(nn.Conv2d(f, n_classes, 1) for f in reversed(filters[:-1]))
 
-    def forward(self, x: Tensor, return_aux: bool = False) -> Tensor | list[Tensor]:
+    def forward(self, x: Tensor, *, return_aux: bool = False) -> Tensor | list[Tensor]:
         """Final logits (N, n_classes, H, W); with ``return_aux`` the list [final, aux...] (finest first)."""
         self._validate(x)
         levels = self.encoder(x)
@@ -310,7 +310,7 @@ class _SEUNet(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, filters: tuple[int, ...], aspp_filters: int, extra_skips: bool, dropout: float
+        self, in_channels: int, filters: tuple[int, ...], aspp_filters: int, *, extra_skips: bool, dropout: float
     ) -> None:
         super().__init__()
         self.encoder = nn.ModuleList()
@@ -373,7 +373,7 @@ class DoubleUNet(Refiner):
         self.net2 = _SEUNet(in_channels, filters, aspp_filters, extra_skips=True, dropout=dropout)
         self.head2 = nn.Conv2d(self.net2.out_channels, n_classes, 1)
 
-    def forward(self, x: Tensor, return_aux: bool = False) -> Tensor | list[Tensor]:
+    def forward(self, x: Tensor, *, return_aux: bool = False) -> Tensor | list[Tensor]:
         """Network 2's logits; with ``return_aux`` the list [network 2's, network 1's]."""
         self._validate(x)
         bottom1, skips1 = self.net1.encode(x)
@@ -423,7 +423,7 @@ def build_refiner(
     return DoubleUNet(channels, n_classes, filters or EIGHT_LEVEL_FILTERS, aspp_filters, dropout)
 
 
-def keras_equivalent_count(model: nn.Module, batch_renorm: bool) -> int:
+def keras_equivalent_count(model: nn.Module, *, batch_renorm: bool) -> int:
     """Our model's size as the authors' Keras code would count it ("Total params").
 
     Keras convolutions keep their bias in front of BatchNorm (ours drop it:
@@ -445,7 +445,7 @@ def parameter_table() -> list[tuple[str, int, int, float | None]]:
     rows = []
     for arch in ARCHS:
         model = build_refiner(arch)
-        keras = keras_equivalent_count(model, _AUTHORS_USED_RENORM[arch])
+        keras = keras_equivalent_count(model, batch_renorm=_AUTHORS_USED_RENORM[arch])
         rows.append((arch, parameter_count(model), keras, PAPER_PARAMETERS.get(arch)))
     return rows
 

@@ -12,7 +12,7 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def format_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
+def format_rows(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
     """Rows of dicts as an aligned text table (columns default to the first row's keys)."""
     if not rows:
         return "(no rows)"
