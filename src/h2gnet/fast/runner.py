@@ -135,7 +135,7 @@ def fast_patch_level(scales: list[float], m0: float, m: float, slide_mpp: float 
 
 
 def _patch_source(scales: list[float], m0: float, m: float, size: int, slide_mpp: float | None,
-                  workaround: bool = True) -> dict:
+                  *, workaround: bool = True) -> dict:
     """How FAST should read patches on this slide, and the pipeline variables that say so.
 
     pyFAST 4.18 (OpenSlide backend) maps a level's pixel offsets to level 0 with the level scale
@@ -193,7 +193,8 @@ def _run_in_this_process(spec: _RunSpec, import_seconds: float | None = None) ->
             magnification, source = float(wsi.getMagnification()), "file"
         except Exception:  # FAST raises when the file declares no objective power
             if slide_mpp is None:
-                raise H2GNetError(slide, "FAST finds neither a magnification nor µm/px in this file; give mpp=") from None
+                raise H2GNetError(slide, "FAST finds neither a magnification nor µm/px in this file; "
+                                         "give mpp=") from None
             magnification, source = fast_magnification(slide_mpp), "um/px"
             wsi.setMagnification(magnification)
     variables = {"output": str(out_dir / f".{name}.fast-part.mhd")}
@@ -205,7 +206,7 @@ def _run_in_this_process(spec: _RunSpec, import_seconds: float | None = None) ->
         variables["tissue_kernel"] = str(int(kernel))
     scales = [float(wsi.getLevelScale(i)) for i in range(len(levels))]
     patch_source = _patch_source(scales, magnification, float(header["magnification"]),
-                                 int(header["patch_size"]), slide_mpp, spec.patch_workaround)
+                                 int(header["patch_size"]), slide_mpp, workaround=spec.patch_workaround)
     variables.update(patch_source.pop("variables"))
     lowres = spec.lowres_level
     if header.get("refine_size") and lowres is None:
@@ -242,15 +243,15 @@ def _run_in_this_process(spec: _RunSpec, import_seconds: float | None = None) ->
         "magnification_source": source, "slide_mpp": slide_mpp, "dimensions_l0": list(levels[0]),
         "levels": [list(lv) for lv in levels], "lowres_level": lowres, "tissue_kernel": kernel,
         "patch_source": patch_source,
-        "variables": {k: v for k, v in variables.items() if k != "output"}, "patch_size": header["patch_size"], "patch_mpp": header["patch_mpp"],
+        "variables": {k: v for k, v in variables.items() if k != "output"}, "patch_size": header["patch_size"],
+        "patch_mpp": header["patch_mpp"],
         "heatmap_cell_l0": cell_l0, "heatmap_cell_um": cell_l0 * slide_mpp if slide_mpp else None,
         "tissue_spacing_um": [float(v) * 1000.0 for v in tissue_img.getSpacing()[:2]],
         "segmentation_spacing_um": [float(v) * 1000.0 for v in seg_img.getSpacing()[:2]],
     }
-    arrays = {"heatmap": heat.astype(np.float32), "tissue": tissue, "segmentation": segmentation}
-    with atomic_path(out_dir / f"{name}{RESULT_SUFFIX}") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+    arrays: dict[str, Any] = {"heatmap": heat.astype(np.float32), "tissue": tissue, "segmentation": segmentation}
+    with atomic_path(out_dir / f"{name}{RESULT_SUFFIX}") as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
     result["outputs"] = {"segmentation": str(_finish_mhd(Path(variables["output"]), out_dir / f"{name}"
                                                                                     f"{SEGMENTATION_SUFFIX}")),
                          "arrays": str(out_dir / f"{name}{RESULT_SUFFIX}")}
@@ -271,7 +272,7 @@ def _finish_mhd(part: Path, final: Path) -> Path:
     return final
 
 
-def run_fast_pipeline(fpl_path: str | Path, slide_path: str | Path, out_dir: str | Path, *,
+def run_fast_pipeline(fpl_path: str | Path, slide_path: str | Path, out_dir: str | Path, *,  # noqa: PLR0913 - keyword-only options of one FAST run
                       mpp: float | None = None, magnification: float | None = None,
                       lowres_level: int | None = None, tissue_kernel: int | None = None,
                       patch_workaround: bool = True, fast_home: str | Path | None = None,
