@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "h2gnet"
 LAYERS = {
     "h2gnet": 0, "h2gnet.errors": 0, "h2gnet.conventions": 0,
     "h2gnet.io": 1,
-    "h2gnet.patches": 2, "h2gnet.outputs": 2, "h2gnet.synth": 2,
+    "h2gnet.patches": 2, "h2gnet.outputs": 2, "h2gnet.synth": 2, "h2gnet.cohort": 2,
     "h2gnet.infer": 3,
     "h2gnet.evaluation": 4,
     "h2gnet.train": 5, "h2gnet.fast": 5,
@@ -23,7 +23,7 @@ LAYERS = {
     "h2gnet.cli": 7, "h2gnet.__main__": 7, "h2gnet.configs": 7,
 }
 #: Packages that run without PyTorch (the core install).
-TORCH_FREE = ("h2gnet.io", "h2gnet.patches", "h2gnet.outputs", "h2gnet.synth", "h2gnet.infer",
+TORCH_FREE = ("h2gnet.io", "h2gnet.cohort", "h2gnet.patches", "h2gnet.outputs", "h2gnet.synth", "h2gnet.infer",
               "h2gnet.evaluation", "h2gnet.fast", "h2gnet.study.report", "h2gnet.study.designs", "h2gnet.cli")
 
 
@@ -124,7 +124,7 @@ def test_the_core_imports_with_torch_blocked() -> None:
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-@pytest.mark.parametrize("package", ["io", "patches", "infer", "outputs", "train", "evaluation", "fast", "synth",
+@pytest.mark.parametrize("package", ["io", "cohort", "patches", "infer", "outputs", "train", "evaluation", "fast", "synth",
                                      "study"])
 def test_tests_mirror_the_packages(package: str) -> None:
     assert (SRC / package).is_dir() and (Path(__file__).parent / package).is_dir()

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from h2gnet import __version__
+from h2gnet.cohort import Engine, EngineConfig
 from h2gnet.conventions import EVAL_MPP
 from h2gnet.errors import H2GNetError
 from h2gnet.evaluation.predictions import evaluate_predictions, write_evaluation
@@ -196,9 +197,10 @@ def _cmd_heatmap(args: argparse.Namespace) -> int:
     cfg = _segment_config(args, None)
     patch = Models.load(cfg).patch
     assert patch is not None  # --patch-model is required by this command
-    failures = heatmap_cohort(entries, args.output, patch, overwrite=args.overwrite,
-                              min_tissue=cfg.min_tissue,
-                              batch_size=cfg.batch_size, readers=cfg.readers, progress=cfg.progress)
+    with _engine(args) as engine:
+        failures = heatmap_cohort(entries, args.output, patch, overwrite=args.overwrite,
+                                  min_tissue=cfg.min_tissue, batch_size=cfg.batch_size, readers=cfg.readers,
+                                  progress=cfg.progress, engine=engine)
     for message in failures:
         print(f"error: {message}", file=sys.stderr)
     print(f"heatmaps: {len(entries) - len(failures)} of {len(entries)} slide(s) in {args.output}")
@@ -227,13 +229,35 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if args.no_refine and args.patch_model is None:
         raise H2GNetError(None, "--no-refine needs --patch-model")
     cfg = _segment_config(args, args.refine_model)
-    status = segment_many(args.inputs, args.output, cfg, mpp=args.mpp, overwrite=args.overwrite)
+    with _engine(args) as engine:
+        status = segment_many(args.inputs, args.output, cfg, mpp=args.mpp, overwrite=args.overwrite, engine=engine)
     rows = [{"slide": Path(k).name, **{c: v[c] for c in ("status", "seconds", "error")}} for k, v in status.items()]
     print(format_rows(rows))
     failed = sum(1 for r in rows if r["status"] == "failed")
     if failed:
         print(f"{failed} of {len(rows)} slide(s) failed (see {args.output / 'status.csv'})", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _engine(args: argparse.Namespace) -> Engine:
+    return Engine(EngineConfig(workers=args.workers, scheduler=args.scheduler, retries=args.retries,
+                               connect_timeout=args.connect_timeout))
+
+
+def _add_engine_options(p: argparse.ArgumentParser) -> None:
+    """One task per slide, in this process (default) or on Dask (``pip install h2gnet[dask]``)."""
+    d = EngineConfig()
+    g = p.add_argument_group("many slides at once (Dask)")
+    g.add_argument("--workers", type=int, default=d.workers,
+                   help="start a local Dask cluster of N worker processes (127.0.0.1), cores/N threads each; "
+                        "default 0: one slide after another in this process")
+    g.add_argument("--scheduler", default=d.scheduler, metavar="ADDRESS",
+                   help="run on an existing Dask cluster (e.g. tcp://host:8786, from dask-jobqueue); workers "
+                        "must see the slides, models and output folder at the same paths")
+    g.add_argument("--retries", type=int, default=d.retries,
+                   help=f"extra attempts of a slide whose task crashed or lost its worker (default {d.retries})")
+    g.add_argument("--connect-timeout", type=float, default=d.connect_timeout, metavar="SECONDS",
+                   help=f"seconds to wait for --scheduler (default {d.connect_timeout:g})")
 
 
 def _add_inference_options(p: argparse.ArgumentParser, *, patch_required: bool = True) -> None:
@@ -248,6 +272,7 @@ def _add_inference_options(p: argparse.ArgumentParser, *, patch_required: bool =
                    help="patches per inference batch (memory grows with it: ~25 MB per 256-px patch)")
     p.add_argument("--readers", type=int, default=2, help="patch-reading threads")
     p.add_argument("--overwrite", action="store_true", help="redo slides that already have outputs")
+    _add_engine_options(p)
 
 
 def _add_stage2(sub: argparse._SubParsersAction) -> None:
@@ -314,7 +339,9 @@ def _add_export_fast(sub: argparse._SubParsersAction) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     entries = select(read_manifest(args.manifest), None if args.split == "all" else args.split)
-    rows = evaluate_predictions(entries, args.predictions, args.mpp, args.design, progress=not args.quiet)
+    with _engine(args) as engine:
+        rows = evaluate_predictions(entries, args.predictions, args.mpp, args.design, progress=not args.quiet,
+                                    engine=engine)
     summaries = write_evaluation(args.output, rows, args.mpp)
     print_table(summaries)
     print(f"\nper-slide CSV, Markdown and JSON summaries in {args.output} (at {args.mpp} µm/px)")
@@ -325,14 +352,18 @@ def _cmd_ablation(args: argparse.Namespace) -> int:
     from h2gnet.study.ablation import load_config, run_study
 
     config = load_config(args.config, "ablation-cpu")
-    return _report_study(run_study(config, args.output, progress=not args.quiet), args.output)
+    with _engine(args) as engine:
+        result = run_study(config, args.output, progress=not args.quiet, engine=engine)
+    return _report_study(result, args.output)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from h2gnet.study.ablation import load_config, run_study
 
     config = load_config(args.config, "demo")
-    return _report_study(run_study(config, args.output, progress=not args.quiet), args.output)
+    with _engine(args) as engine:
+        result = run_study(config, args.output, progress=not args.quiet, engine=engine)
+    return _report_study(result, args.output)
 
 
 def _report_study(result: dict, out: Path) -> int:
@@ -351,17 +382,20 @@ def _add_evaluation(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
     p.add_argument("--mpp", type=float, default=EVAL_MPP, help=f"common resolution in µm/px (default {EVAL_MPP:g})")
     p.add_argument("--design", default=None, help="name of the design in the tables")
+    _add_engine_options(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("ablation", help="the paper's ablation study (designs I–IX) on a cohort, resumable")
     p.add_argument("-o", "--output", type=Path, required=True, help="study folder")
     p.add_argument("--config", type=Path, default=None,
                    help="TOML config (default: the built-in CPU config; see configs/ablation-paper.toml)")
+    _add_engine_options(p)
     p.set_defaults(func=_cmd_ablation)
 
     p = sub.add_parser("demo", help="phantom cohort → training → segmentation → evaluation → HTML report")
     p.add_argument("output", type=Path, help="demo folder (run again to reuse what is done)")
     p.add_argument("--config", type=Path, default=None, help="TOML config (default: the built-in demo config)")
+    _add_engine_options(p)
     p.set_defaults(func=_cmd_demo)
 
 

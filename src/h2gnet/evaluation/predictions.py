@@ -8,8 +8,10 @@ fraction ≥ 0.5 when downsampling).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
+from h2gnet.cohort import Engine, SlideTask
 from h2gnet.conventions import EVAL_MPP, slide_outputs
 from h2gnet.errors import H2GNetError
 from h2gnet.evaluation.metrics import slide_metrics, summarise_designs, values_by_design
@@ -62,10 +64,16 @@ def evaluate_slide(entry: SlideEntry, predictions: str | Path, mpp: float = EVAL
     return {"slide": entry.key, "grade": entry.grade if entry.grade is not None else "", **m}
 
 
+def evaluate_task(cache: dict, entry: SlideEntry, predictions: str, mpp: float) -> tuple[str, dict]:
+    """One slide of :func:`evaluate_predictions` where it runs (here or a Dask worker)."""
+    return "done", evaluate_slide(entry, predictions, mpp)
+
+
 def evaluate_predictions(entries: list[SlideEntry], predictions: str | Path, mpp: float = EVAL_MPP,
-                         design: str | None = None, *, progress: bool = True) -> list[dict]:
-    """Rows for every annotated entry; missing predictions are listed in one error."""
-    from tqdm.auto import tqdm
+                         design: str | None = None, *, progress: bool = True,
+                         engine: Engine | None = None) -> list[dict]:
+    """Rows for every annotated entry, one task per slide on ``engine`` (default: in this process);
+    missing predictions are listed in one error, a slide that cannot be evaluated is an error."""
 
     chosen = [e for e in entries if e.annotation is not None]
     if not chosen:
@@ -73,12 +81,19 @@ def evaluate_predictions(entries: list[SlideEntry], predictions: str | Path, mpp
     missing = [e.key for e in chosen if not slide_outputs(predictions, e.key).mask.exists()]
     if missing:
         raise H2GNetError(predictions, f"no prediction for {len(missing)} slide(s): {', '.join(missing[:5])}")
+    engine = engine or Engine()
+    if engine.distributed:  # workers see the same files at the same absolute paths
+        chosen = [replace(e, slide=Path(e.slide).resolve(),
+                          annotation=Path(e.annotation).resolve() if e.annotation else None) for e in chosen]
+        predictions = Path(predictions).resolve()
+    tasks = [SlideTask(e.key, (e, str(predictions), mpp)) for e in chosen]
+    outcomes = engine.run(evaluate_task, tasks, desc="evaluate", progress=progress)
+    failed = [o for o in outcomes.values() if o.status == "failed"]
+    if failed:
+        raise H2GNetError(None, failed[0].error)
     rows = []
-    for e in tqdm(chosen, desc="evaluate", unit="slide", disable=not progress):
-        row = evaluate_slide(e, predictions, mpp)
-        if design is not None:
-            row = {"design": design, **row}
-        rows.append(row)
+    for o in outcomes.values():
+        rows.append(o.value if design is None else {"design": design, **o.value})
     return rows
 
 

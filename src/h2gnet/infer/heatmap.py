@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from h2gnet.conventions import HEATMAP_SUFFIX
+from h2gnet.cohort import Engine, SlideTask, StatusTable, slide_threads
+from h2gnet.conventions import HEATMAP_SUFFIX, STATUS_FILE
 from h2gnet.errors import H2GNetError
 from h2gnet.infer.runtime import OnnxModel
 from h2gnet.io.atomic import atomic_path
@@ -107,25 +108,68 @@ def compute_heatmap(slide: Slide, model: OnnxModel, tissue: Raster, min_tissue: 
     return Raster(heat, grid.cell_mpp, slide.mpp)
 
 
+@dataclass(frozen=True)
+class HeatmapJob:
+    """One slide of :func:`heatmap_cohort`: the slide (and its µm/px override), the heatmap file to write,
+    the model as (path, SHA-256, device, threads, precision) and the heatmap settings."""
+
+    slide: str
+    mpp: float | None
+    target: str
+    model: tuple
+    min_tissue: float = MIN_TISSUE
+    batch_size: int = 16
+    readers: int = 2
+    progress: bool = True
+
+
+def heatmap_task(cache: dict, job: HeatmapJob) -> tuple[str, str]:
+    """One slide of :func:`heatmap_cohort` where it runs (here or a Dask worker); the model is loaded once
+    per process into ``cache``."""
+    if Path(job.target).exists():
+        return "done", job.target  # an earlier attempt finished it
+    model, progress = job.model, job.progress
+    threads = slide_threads()
+    if threads is not None:  # on a Dask worker
+        model, progress = (*model[:3], model[3] or threads, model[4]), False
+    onnx = cache.get(model)
+    if onnx is None:
+        onnx = cache[model] = OnnxModel(Path(model[0]), "patch-classifier", model[2], model[3], model[4])
+    with open_slide(job.slide, job.mpp) as s:
+        heat = compute_heatmap(s, onnx, detect_tissue(s), job.min_tissue, job.batch_size, job.readers,
+                               progress=progress)
+        save_heatmap(job.target, heat, s.dimensions, str(s.path))
+    return "done", job.target
+
+
 def heatmap_cohort(entries: list, out_dir: str | Path, model: OnnxModel, *, overwrite: bool = False,
                    min_tissue: float = MIN_TISSUE, batch_size: int = 16, readers: int = 2,
-                   progress: bool = True) -> list[str]:
-    """Heatmaps of manifest ``entries`` into ``out_dir`` (``NAME.heatmap.tiff``); existing ones are kept
-    unless ``overwrite``. Returns the errors of slides that failed (the others are still done)."""
+                   progress: bool = True, engine: Engine | None = None) -> list[str]:
+    """Heatmaps of manifest ``entries`` into ``out_dir`` (``NAME.heatmap.tiff``), one task per slide on
+    ``engine`` (default: in this process); existing ones are kept unless ``overwrite``; ``status.csv``
+    records each slide. Returns the errors of slides that failed (the others are still done)."""
 
-    failures = []
+    engine = engine or Engine()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    engine.check_output_folder(out_dir)
+    key = (str(model.path.resolve()), model.sha256(), model.device, model.threads, model.precision)
+    if not engine.distributed:
+        engine.cache.setdefault(key, model)
+    status = StatusTable(out_dir / STATUS_FILE)
+    tasks = []
     for e in entries:
-        target = Path(out_dir) / f"{e.key}{HEATMAP_SUFFIX}"
+        target = out_dir / f"{e.key}{HEATMAP_SUFFIX}"
         if target.exists() and not overwrite:
             continue
-        try:
-            with open_slide(e.slide, e.mpp) as slide:
-                heat = compute_heatmap(slide, model, detect_tissue(slide), min_tissue, batch_size, readers,
-                                       progress=progress)
-                save_heatmap(target, heat, slide.dimensions, str(slide.path))
-        except H2GNetError as exc:
-            failures.append(str(exc))
-    return failures
+        target.unlink(missing_ok=True)
+        slide = Path(e.slide).resolve() if engine.distributed else e.slide
+        where = target.resolve() if engine.distributed else target
+        job = HeatmapJob(str(slide), e.mpp, str(where), key, min_tissue, batch_size, readers, progress)
+        tasks.append(SlideTask(str(e.slide), (job,), (str(where),)))
+    outcomes = engine.run(heatmap_task, tasks, desc="heatmaps", progress=progress,
+                          on_end=lambda o: status.record(o.key, o.status, o.seconds, o.error))
+    return [o.error for o in outcomes.values() if o.status == "failed"]
 
 
 # -- storage ---------------------------------------------------------------------------

@@ -15,25 +15,24 @@ and skips finished slides when run again.
 
 from __future__ import annotations
 
-import csv
 import glob
-import io
 import json
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from h2gnet import __version__
+from h2gnet.cohort import Engine, SlideTask, StatusTable, slide_threads
 from h2gnet.conventions import HEATMAP_SUFFIX, STATUS_FILE, slide_outputs
 from h2gnet.errors import H2GNetError
 from h2gnet.infer.heatmap import HeatmapStats, compute_heatmap, load_heatmap, save_heatmap
 from h2gnet.infer.refine_input import REFINE_SIZE, low_resolution, refine
-from h2gnet.infer.runtime import OnnxModel, default_threads
+from h2gnet.infer.runtime import OnnxModel, default_threads, sha256_of
 from h2gnet.io.atomic import write_text
 from h2gnet.io.manifest import read_manifest
 from h2gnet.io.raster import Raster
@@ -216,48 +215,58 @@ def expand_inputs(inputs: list[str]) -> list[tuple[Path, float | None]]:
     return unique
 
 
-def _write_status(out_dir: Path, rows: dict[str, dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["slide", "status", "seconds", "error"], lineterminator="\n")
-    writer.writeheader()
-    for row in rows.values():
-        writer.writerow(row)
-    write_text(out_dir / STATUS_FILE, buf.getvalue())
+def model_key(cfg: SegmentConfig) -> tuple:
+    """What identifies the loaded models of ``cfg``: paths, SHA-256s and engine settings (a worker cache key)."""
+    models = tuple((str(Path(p).resolve()), sha256_of(p) if Path(p).is_file() else "")
+                   for p in (cfg.patch_model, cfg.refine_model) if p is not None)
+    return (*models, cfg.refine_model is None, cfg.device, cfg.precision, cfg.threads)
 
 
-def _read_status(out_dir: Path) -> dict[str, dict]:
-    path = out_dir / STATUS_FILE
-    if not path.exists():
-        return {}
-    return {r["slide"]: r for r in csv.DictReader(io.StringIO(path.read_text()))}
+def segment_task(cache: dict, slide: str, mpp: float | None, out_dir: str, cfg: SegmentConfig,
+                 key: tuple) -> tuple[str, dict]:
+    """One slide of :func:`segment_many`, where it runs (here or a Dask worker): models come from
+    ``cache`` under ``key`` (loaded once per process); a slide an earlier attempt finished is done."""
+    summary = slide_outputs(out_dir, Path(slide).stem).summary
+    if summary.exists():
+        return "done", json.loads(summary.read_text())
+    threads = slide_threads()
+    if threads is not None:  # on a Dask worker: its share of the cores, no per-patch progress bars
+        cfg = replace(cfg, threads=cfg.threads or threads, progress=False)
+    models = cache.get((key, cfg.threads))
+    if models is None:
+        models = cache[(key, cfg.threads)] = Models.load(cfg)
+    return "done", segment_slide(slide, out_dir, models, cfg, mpp)
 
 
 def segment_many(inputs: list[str], out_dir: str | Path, cfg: SegmentConfig, mpp: float | None = None,
-                 *, overwrite: bool = False) -> dict[str, dict]:
+                 *, overwrite: bool = False, engine: Engine | None = None) -> dict[str, dict]:
     """Segment every input slide into ``out_dir``; one failure does not stop the others.
 
-    Returns the status table (slide → {status, seconds, error}); ``status.csv`` is
-    rewritten after every slide, so an interrupted run shows where it stopped.
+    One task per slide on ``engine`` (default: in this process). Returns the status table (slide →
+    {status, seconds, error}); ``status.csv`` is rewritten as each slide ends, so an interrupted run
+    shows where it stopped.
     """
     out_dir = Path(out_dir)
     slides = expand_inputs(inputs)
     check_writable(out_dir)
-    models = Models.load(cfg)
-    status = _read_status(out_dir)
+    models = Models.load(cfg)  # a bad model is an error before any slide
+    engine = engine or Engine()
+    engine.check_output_folder(out_dir)
+    key = model_key(cfg)
+    if not engine.distributed:
+        engine.cache.setdefault((key, cfg.threads), models)
+    status = StatusTable(out_dir / STATUS_FILE)
+    tasks = []
     for path, slide_mpp in slides:
-        key = str(path)
-        summary = slide_outputs(out_dir, path.stem).summary
-        if summary.exists() and not overwrite:
-            status[key] = {"slide": key, "status": "skipped", "seconds": "0", "error": "already done"}
-            _write_status(out_dir, status)
+        outputs = slide_outputs(out_dir, path.stem)
+        if outputs.summary.exists() and not overwrite:
+            status.record(str(path), "skipped", 0.0, "already done")
             continue
-        t = time.perf_counter()
-        try:
-            segment_slide(path, out_dir, models, cfg, slide_mpp or mpp)
-            status[key] = {"slide": key, "status": "done", "seconds": f"{time.perf_counter() - t:.2f}", "error": ""}
-        except H2GNetError as exc:
-            status[key] = {"slide": key, "status": "failed", "seconds": f"{time.perf_counter() - t:.2f}",
-                           "error": str(exc)}
-        _write_status(out_dir, status)
-    return {str(p): status[str(p)] for p, _ in slides}
-
+        outputs.summary.unlink(missing_ok=True)  # redone: not done until its task writes it again
+        where = path.resolve() if engine.distributed else path
+        tasks.append(SlideTask(str(path), (str(where), slide_mpp or mpp, str(out_dir.resolve() if engine.distributed
+                                                                          else out_dir), cfg, key),
+                               tuple(str(p) for p in outputs.as_dict().values())))
+    engine.run(segment_task, tasks, desc="segment", progress=cfg.progress,
+               on_end=lambda o: status.record(o.key, o.status, o.seconds, o.error))
+    return {str(p): status.rows[str(p)] for p, _ in slides}

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from h2gnet.errors import H2GNetError
@@ -47,3 +49,20 @@ def write_bytes(final: str | Path, data: bytes) -> None:
     """Atomically write ``data`` to ``final``."""
     with atomic_path(final) as tmp:
         tmp.write_bytes(data)
+
+
+def stale_parts(final: str | Path) -> list[Path]:
+    """Temporary files :func:`atomic_path` left beside ``final`` (a process killed mid-write)."""
+    final = Path(final)
+    pattern = re.compile(rf"^\.{re.escape(final.stem)}\.[0-9a-f]{{12}}\.part{re.escape(final.suffix)}$")
+    if not final.parent.is_dir():
+        return []
+    return sorted(p for p in final.parent.glob(f".{glob.escape(final.stem)}.*.part*") if pattern.match(p.name))
+
+
+def remove_stale_parts(finals: Iterable[str | Path]) -> None:
+    """Delete the temporary files a killed writer of ``finals`` left (before a slide is redone)."""
+    for final in finals:
+        for part in stale_parts(final):
+            with contextlib.suppress(OSError):
+                part.unlink()

@@ -23,11 +23,12 @@ from __future__ import annotations
 import json
 import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from h2gnet.cohort import Engine
 from h2gnet.conventions import EVAL_MPP, METRICS_FILE, MODEL_FILE, slide_outputs
 from h2gnet.errors import H2GNetError
 from h2gnet.evaluation.metrics import summarise_designs, values_by_design
@@ -66,6 +67,7 @@ class Study:
     config: dict
     out: Path
     progress: bool = True
+    engine: Engine = field(default_factory=Engine)  # where per-slide steps run (heatmaps, segment, evaluate)
 
     def section(self, name: str) -> dict:
         """A copy of the config's ``[name]`` table (empty when absent)."""
@@ -166,7 +168,7 @@ def step_heatmaps(study: Study, manifest: Path, model: Path, name: str) -> Path:
 
     out = study.out / "heatmaps" / name
     failures = heatmap_cohort(read_manifest(manifest), out, OnnxModel(model, "patch-classifier"),
-                              progress=study.progress)
+                              progress=study.progress, engine=study.engine)
     if failures:
         raise H2GNetError(None, f"heatmaps failed: {failures[0]}")
     return out
@@ -213,7 +215,7 @@ def predict(study: Study, manifest: Path, out: Path, patch: Path | None, refiner
     """Segment the test slides with a patch model and/or refiner into ``out`` (resumes)."""
 
     cfg = SegmentConfig(patch_model=patch, refine_model=refiner, heatmap_dir=heatmaps, progress=study.progress)
-    status = segment_many([str(e.slide) for e in _test_entries(manifest)], out, cfg)
+    status = segment_many([str(e.slide) for e in _test_entries(manifest)], out, cfg, engine=study.engine)
     failed = {k: v["error"] for k, v in status.items() if v["status"] == "failed"}
     if failed:
         slide, error = next(iter(failed.items()))
@@ -247,7 +249,8 @@ def evaluate_designs(study: Study, manifest: Path, designs: list[str]) -> list[d
     tests = _test_entries(manifest)
     rows = []
     for d in designs:
-        rows += evaluate_predictions(tests, study.out / "predictions" / d, mpp, DESIGNS[d][0], progress=False)
+        rows += evaluate_predictions(tests, study.out / "predictions" / d, mpp, DESIGNS[d][0], progress=False,
+                                     engine=study.engine)
     return rows
 
 
@@ -307,9 +310,10 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
-def run_study(config: dict, out: str | Path, *, progress: bool = True) -> dict:
-    """Run (or resume) every design of ``config`` into ``out`` and write the results."""
-    study = Study(config, Path(out), progress)
+def run_study(config: dict, out: str | Path, *, progress: bool = True, engine: Engine | None = None) -> dict:
+    """Run (or resume) every design of ``config`` into ``out`` and write the results; the per-slide steps
+    (heatmaps, segmentation, evaluation) run on ``engine`` (default: in this process)."""
+    study = Study(config, Path(out), progress, engine or Engine())
     study.out.mkdir(parents=True, exist_ok=True)
     designs = study.designs
     timings: dict[str, float] = {}

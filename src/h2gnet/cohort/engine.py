@@ -1,0 +1,302 @@
+"""One task per slide, run in this process (default) or on a ``dask.distributed`` cluster.
+
+A task is a module-level function ``fn(cache, *args) -> (status, value)``: ``status`` is "done" (or
+"skipped"), ``value`` what the caller collects (a summary, a table row). A task raises
+:class:`H2GNetError` for a slide that cannot be done; the slide is then "failed" with that message and the
+others go on. ``cache`` is a dict that lives as long as the worker process (in-process: as long as the
+engine): tasks keep loaded models there, keyed by model path and SHA-256, so a worker loads each model once.
+
+On Dask (``EngineConfig.workers`` or ``.scheduler``) tasks are mapped with ``pure=False`` and ``retries``;
+the client follows them with ``as_completed``, shows one progress bar over slides and records each slide in
+the status table as it ends. A task whose worker dies (``KilledWorker``: out of memory, a crashing decoder)
+is recorded as failed with that reason. Tasks are idempotent: outputs are written under temporary names
+and renamed, temporary files a killed attempt left are removed before a slide is redone, and a task finds
+a slide finished by an earlier attempt done. Workers must see the output folder at the same path (a shared
+filesystem); :meth:`Engine.check_output_folder` proves it before any work.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self
+
+from h2gnet.errors import H2GNetError
+from h2gnet.io.atomic import remove_stale_parts
+
+#: Name of the worker plugin that holds each Dask worker's cache (loaded models).
+CACHE_PLUGIN = "h2gnet-cache"
+#: Dask worker resource that lets one slide at a time run on a worker (LocalCluster workers declare 1).
+SLIDE_RESOURCE = "slide"
+
+TaskFn = Callable[..., tuple[str, Any]]
+
+
+def visible_cores() -> int:
+    """CPU cores this process may run on (its affinity mask; SLURM and cgroups set it)."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+@dataclass
+class EngineConfig:
+    """Where a cohort's slides run.
+
+    ``workers`` 0: in this process, one slide after another (default). ``workers`` N ≥ 1: a Dask
+    ``LocalCluster`` of N worker processes on 127.0.0.1 with ``cores // N`` threads each, one slide at a
+    time per worker, ONNX Runtime's intra-op threads set to the worker's threads. ``scheduler``: the
+    address of an existing Dask scheduler (``tcp://host:8786``), e.g. from ``dask-jobqueue``.
+    ``retries``: extra attempts of a slide whose task raised an unexpected error or lost its worker.
+    ``cores``: cores to share among the LocalCluster's workers (default: the visible cores).
+    ``connect_timeout``: seconds to wait for the scheduler.
+    """
+
+    workers: int = 0
+    scheduler: str | None = None
+    retries: int = 1
+    cores: int | None = None
+    connect_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise H2GNetError(None, f"--workers must be 0 (in-process) or more, not {self.workers}")
+        if self.workers and self.scheduler:
+            raise H2GNetError(None, "give either --workers N (a local cluster) or --scheduler ADDRESS, not both")
+        if self.retries < 0:
+            raise H2GNetError(None, f"retries must be 0 or more, not {self.retries}")
+        if self.cores is not None and self.cores < 1:
+            raise H2GNetError(None, f"cores must be 1 or more, not {self.cores}")
+        if self.connect_timeout <= 0:
+            raise H2GNetError(None, "the scheduler connect timeout must be positive")
+
+    @property
+    def distributed(self) -> bool:
+        return bool(self.workers or self.scheduler)
+
+
+@dataclass(frozen=True)
+class SlideTask:
+    """One slide's task: ``key`` names the slide in the status table and the returned outcomes; ``args``
+    follow the cache in the task function's call (picklable); ``outputs``: the files the task writes
+    (their folder must exist where the task runs; temporary files a killed attempt left are removed)."""
+
+    key: str
+    args: tuple
+    outputs: tuple[str, ...] = ()
+
+
+@dataclass
+class Outcome:
+    """How a slide's task ended: ``status`` done / skipped / failed, wall ``seconds``, ``error`` message."""
+
+    key: str
+    status: str
+    seconds: float = 0.0
+    error: str = ""
+    value: Any = None
+
+
+def slide_threads() -> int | None:
+    """Compute threads for one slide where this runs: None outside a Dask worker (the caller's default);
+    on a worker that runs one slide at a time (it declares the ``slide`` resource) its threads, else
+    ``cores // threads`` so that concurrent slides × threads = cores."""
+    if "distributed" not in sys.modules:  # a Dask worker has imported it; don't pay the import elsewhere
+        return None
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+    except ValueError:
+        return None
+    nthreads = max(1, int(worker.state.nthreads))
+    slots = int(worker.state.total_resources.get(SLIDE_RESOURCE, 0))
+    return max(1, nthreads // slots) if slots else max(1, visible_cores() // nthreads)
+
+
+def _execute(fn: TaskFn, task: SlideTask, cache: dict) -> Outcome:
+    t = time.perf_counter()
+    try:
+        for out in task.outputs:
+            if not Path(out).parent.is_dir():
+                raise H2GNetError(Path(out).parent, f"does not exist on {socket.gethostname()}: the output "
+                                                    "folder must be on a filesystem every worker sees")
+        remove_stale_parts(task.outputs)
+        status, value = fn(cache, *task.args)
+    except H2GNetError as exc:
+        return Outcome(task.key, "failed", time.perf_counter() - t, str(exc))
+    return Outcome(task.key, status, time.perf_counter() - t, "", value)
+
+
+def _execute_on_worker(fn: TaskFn, task: SlideTask) -> Outcome:
+    from distributed import get_worker
+
+    worker = get_worker()
+    plugin = worker.plugins.get(CACHE_PLUGIN)
+    cache = plugin.cache if plugin is not None else worker.__dict__.setdefault("_h2gnet_cache", {})
+    return _execute(fn, task, cache)
+
+
+def _probe_folder(folder: str, probe: str) -> str | None:
+    """On a worker: None when ``folder`` is the client's (it holds the client's ``probe`` file) and
+    writable here; else what is wrong."""
+    path = Path(folder)
+    host = socket.gethostname()
+    if not (path / probe).exists():
+        return f"{host} does not see it (no shared filesystem at this path?)"
+    test = path / f".h2gnet-write-test-{secrets.token_hex(6)}"
+    try:
+        test.write_bytes(b"")
+        test.unlink()
+    except OSError as exc:
+        return f"{host} cannot write it ({exc.strerror or exc})"
+    return None
+
+
+def _cache_plugin() -> Any:
+    from distributed import WorkerPlugin
+
+    class SlideCache(WorkerPlugin):
+        """A dict per worker process for tasks' loaded models."""
+
+        name = CACHE_PLUGIN
+
+        def setup(self, worker: Any) -> None:
+            self.cache: dict = {}
+
+    return SlideCache()
+
+
+@dataclass
+class Engine:
+    """Runs slide tasks as :class:`EngineConfig` says; a context manager that starts and always stops the
+    local cluster (or the connection to an existing one)."""
+
+    config: EngineConfig = field(default_factory=EngineConfig)
+    cache: dict = field(default_factory=dict)
+    client: Any = field(default=None, init=False, repr=False)
+    _cluster: Any = field(default=None, init=False, repr=False)
+
+    def __enter__(self) -> Self:
+        if self.config.distributed:
+            self._start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def _start(self) -> None:
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            raise H2GNetError(None, "running on Dask needs `pip install h2gnet[dask]` (dask[distributed])") from None
+        cfg = self.config
+        if cfg.workers:
+            threads = max(1, (cfg.cores or visible_cores()) // cfg.workers)
+            self._cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=threads, processes=True,
+                                         host="127.0.0.1", dashboard_address=None, worker_dashboard_address=None,
+                                         resources={SLIDE_RESOURCE: 1}, silence_logs=logging.ERROR)
+            self.client = Client(self._cluster)
+        else:
+            address = str(cfg.scheduler)
+            try:
+                self.client = Client(address, timeout=cfg.connect_timeout)
+            except (OSError, TimeoutError, ValueError) as exc:
+                detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+                raise H2GNetError(address, f"cannot reach the Dask scheduler within {cfg.connect_timeout:g} s "
+                                           f"({detail})") from None
+        self.client.register_plugin(_cache_plugin(), name=CACHE_PLUGIN)
+
+    def close(self) -> None:
+        """Stop the client and the local cluster (idempotent)."""
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        if self._cluster is not None:
+            self._cluster.close()
+            self._cluster = None
+
+    @property
+    def distributed(self) -> bool:
+        return self.client is not None
+
+    def worker_pids(self) -> dict[str, int]:
+        """Worker address -> process id (Dask only)."""
+        return dict(self.client.run(os.getpid)) if self.client is not None else {}
+
+    # -- work --------------------------------------------------------------------------------------------
+    def check_output_folder(self, folder: str | Path) -> None:
+        """On Dask: every connected worker sees ``folder`` (the client's, shared) and can write it."""
+        if self.client is None:
+            return
+        folder = Path(folder).resolve()
+        probe = f".h2gnet-probe-{secrets.token_hex(6)}"
+        (folder / probe).write_bytes(b"")
+        try:
+            problems = self.client.run(_probe_folder, str(folder), probe)
+        finally:
+            (folder / probe).unlink()
+        bad = {addr: why for addr, why in problems.items() if why}
+        if bad:
+            addr, why = next(iter(bad.items()))
+            raise H2GNetError(folder, f"the output folder is not usable by {len(bad)} Dask worker(s): worker {addr}: "
+                                      f"{why}; every worker must see the output folder at the same path")
+
+    def run(self, fn: TaskFn, tasks: list[SlideTask], desc: str = "slides", progress: bool = True,
+            on_end: Callable[[Outcome], None] | None = None) -> dict[str, Outcome]:
+        """Run ``fn`` on every task; returns key -> :class:`Outcome` (in task order). ``on_end`` is called
+        in this process as each slide ends (e.g. to write the status table)."""
+        from tqdm.auto import tqdm
+
+        outcomes: dict[str, Outcome] = {}
+        with tqdm(total=len(tasks), desc=desc, unit="slide", disable=not progress or not tasks) as bar:
+            for outcome in (self._run_dask(fn, tasks) if self.client is not None else
+                            (_execute(fn, t, self.cache) for t in tasks)):
+                outcomes[outcome.key] = outcome
+                if on_end is not None:
+                    on_end(outcome)
+                bar.update(1)
+        return {t.key: outcomes[t.key] for t in tasks}
+
+    def _run_dask(self, fn: TaskFn, tasks: list[SlideTask]) -> Iterator[Outcome]:
+        from distributed import as_completed
+
+        if not tasks:
+            return
+        token = secrets.token_hex(4)
+        resources = {SLIDE_RESOURCE: 1} if self._cluster is not None else None
+        keys = [f"h2gnet-{Path(t.key).name}-{token}-{i}" for i, t in enumerate(tasks)]
+        futures = self.client.map(_execute_on_worker, [fn] * len(tasks), tasks, key=keys, pure=False,
+                                  retries=self.config.retries, resources=resources)
+        by_future = {f.key: t for f, t in zip(futures, tasks)}
+        started = time.perf_counter()
+        try:
+            for future in as_completed(futures):
+                task = by_future[future.key]
+                if future.status == "finished":
+                    yield future.result()
+                else:
+                    yield Outcome(task.key, "failed", time.perf_counter() - started, _failure(future.exception()))
+                    remove_stale_parts(task.outputs)
+                future.release()
+        finally:
+            self.client.cancel(futures)
+
+
+def _failure(exc: BaseException | None) -> str:
+    """A one-line reason for a task that did not return."""
+    from distributed import KilledWorker
+
+    if isinstance(exc, KilledWorker):
+        return ("its Dask worker died while running it (out of memory, or a crashing slide decoder?); "
+                "see the worker logs")
+    if isinstance(exc, H2GNetError):
+        return str(exc)
+    text = str(exc).splitlines()[0][:300] if exc is not None and str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
