@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 from pathlib import Path
 
@@ -21,6 +23,8 @@ def _write_task(cache: dict, out: str, text: str) -> tuple[str, str]:
         raise H2GNetError(out, "bad input")
     if text == "boom":
         raise RuntimeError("unexpected")
+    if text == "die":  # a crashing decoder, the out-of-memory killer
+        os.kill(os.getpid(), signal.SIGKILL)
     write_text(out, text)
     return "done", text
 
@@ -66,6 +70,23 @@ def test_local_cluster_failures_and_unexpected_errors(tmp_path: Path) -> None:
     assert [o.status for o in out.values()] == ["done", "failed", "failed", "done"]
     assert "bad input" in out["slide1"].error and "RuntimeError: unexpected" in out["slide2"].error
     assert (tmp_path / "s3.txt").read_text() == "d"
+
+
+@pytest.mark.slow
+def test_a_slide_that_kills_its_worker_fails_and_the_others_go_on(tmp_path: Path) -> None:
+    dask = pytest.importorskip("dask")
+    status = StatusTable(tmp_path / "status.csv")
+    # the scheduler runs in this process: no second chance for a task whose worker died
+    with deadline(120), dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+            Engine(EngineConfig(workers=2, retries=0)) as engine:
+        # six slides on 2 one-thread workers: queued on the scheduler, so the dying worker holds no other
+        out = engine.run(_write_task, _tasks(tmp_path, ["a", "die", "c", "d", "e", "f"]), progress=False,
+                         on_end=lambda o: status.record(o.key, o.status, o.seconds, o.error))
+    assert [o.status for o in out.values()] == ["done", "failed", "done", "done", "done", "done"]
+    assert "worker died" in out["slide1"].error
+    rows = StatusTable(tmp_path / "status.csv").rows
+    assert rows["slide1"]["status"] == "failed" and "worker died" in rows["slide1"]["error"]
+    assert (tmp_path / "s5.txt").read_text() == "f"
 
 
 def _free_port() -> int:

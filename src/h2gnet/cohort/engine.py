@@ -33,8 +33,6 @@ from h2gnet.io.atomic import remove_stale_parts
 
 #: Name of the worker plugin that holds each Dask worker's cache (loaded models).
 CACHE_PLUGIN = "h2gnet-cache"
-#: Dask worker resource that lets one slide at a time run on a worker (LocalCluster workers declare 1).
-SLIDE_RESOURCE = "slide"
 
 TaskFn = Callable[..., tuple[str, Any]]
 
@@ -49,8 +47,8 @@ class EngineConfig:
     """Where a cohort's slides run.
 
     ``workers`` 0: in this process, one slide after another (default). ``workers`` N ≥ 1: a Dask
-    ``LocalCluster`` of N worker processes on 127.0.0.1 with ``cores // N`` threads each, one slide at a
-    time per worker, ONNX Runtime's intra-op threads set to the worker's threads. ``scheduler``: the
+    ``LocalCluster`` of N worker processes on 127.0.0.1 (no dashboard), each running one slide at a time
+    with ``cores // N`` compute threads (ONNX Runtime's intra-op threads), so workers × threads = cores. ``scheduler``: the
     address of an existing Dask scheduler (``tcp://host:8786``), e.g. from ``dask-jobqueue``.
     ``retries``: extra attempts of a slide whose task raised an unexpected error or lost its worker.
     ``cores``: cores to share among the LocalCluster's workers (default: the visible cores).
@@ -104,8 +102,8 @@ class Outcome:
 
 def slide_threads() -> int | None:
     """Compute threads for one slide where this runs: None outside a Dask worker (the caller's default);
-    on a worker that runs one slide at a time (it declares the ``slide`` resource) its threads, else
-    ``cores // threads`` so that concurrent slides × threads = cores."""
+    on a worker of ``--workers N`` the local cluster's cores / N; on other workers ``cores // threads``
+    (a worker with T threads runs T slides at once)."""
     if "distributed" not in sys.modules:  # a Dask worker has imported it; don't pay the import elsewhere
         return None
     from distributed import get_worker
@@ -114,9 +112,10 @@ def slide_threads() -> int | None:
         worker = get_worker()
     except ValueError:
         return None
-    nthreads = max(1, int(worker.state.nthreads))
-    slots = int(worker.state.total_resources.get(SLIDE_RESOURCE, 0))
-    return max(1, nthreads // slots) if slots else max(1, visible_cores() // nthreads)
+    plugin = worker.plugins.get(CACHE_PLUGIN)
+    if plugin is not None and getattr(plugin, "threads", None):
+        return int(plugin.threads)
+    return max(1, visible_cores() // max(1, int(worker.state.nthreads)))
 
 
 def _execute(fn: TaskFn, task: SlideTask, cache: dict) -> Outcome:
@@ -158,18 +157,21 @@ def _probe_folder(folder: str, probe: str) -> str | None:
     return None
 
 
-def _cache_plugin() -> Any:
+def _cache_plugin(threads: int | None) -> Any:
     from distributed import WorkerPlugin
 
     class SlideCache(WorkerPlugin):
-        """A dict per worker process for tasks' loaded models."""
+        """A dict per worker process for tasks' loaded models; ``threads``: compute threads per slide."""
 
         name = CACHE_PLUGIN
+
+        def __init__(self, threads: int | None) -> None:
+            self.threads = threads
 
         def setup(self, worker: Any) -> None:
             self.cache: dict = {}
 
-    return SlideCache()
+    return SlideCache(threads)
 
 
 @dataclass
@@ -193,15 +195,20 @@ class Engine:
     # -- lifecycle ---------------------------------------------------------------------------------------
     def _start(self) -> None:
         try:
+            import dask
             from distributed import Client, LocalCluster
         except ImportError:
             raise H2GNetError(None, "running on Dask needs `pip install h2gnet[dask]` (dask[distributed])") from None
         cfg = self.config
+        threads = None
         if cfg.workers:
+            # one slide at a time per worker (one Dask thread, and no task queued on a worker: a worker that
+            # dies takes no waiting slide with it), cores / N compute threads for it
             threads = max(1, (cfg.cores or visible_cores()) // cfg.workers)
-            self._cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=threads, processes=True,
-                                         host="127.0.0.1", dashboard_address=None, worker_dashboard_address=None,
-                                         resources={SLIDE_RESOURCE: 1}, silence_logs=logging.ERROR)
+            with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+                self._cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True,
+                                             host="127.0.0.1", dashboard_address=None,
+                                             worker_dashboard_address=None, silence_logs=logging.ERROR)
             self.client = Client(self._cluster)
         else:
             address = str(cfg.scheduler)
@@ -211,7 +218,7 @@ class Engine:
                 detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
                 raise H2GNetError(address, f"cannot reach the Dask scheduler within {cfg.connect_timeout:g} s "
                                            f"({detail})") from None
-        self.client.register_plugin(_cache_plugin(), name=CACHE_PLUGIN)
+        self.client.register_plugin(_cache_plugin(threads), name=CACHE_PLUGIN)
 
     def close(self) -> None:
         """Stop the client and the local cluster (idempotent)."""
@@ -256,7 +263,7 @@ class Engine:
 
         outcomes: dict[str, Outcome] = {}
         with tqdm(total=len(tasks), desc=desc, unit="slide", disable=not progress or not tasks) as bar:
-            for outcome in (self._run_dask(fn, tasks) if self.client is not None else
+            for outcome in (self._run_dask(fn, tasks, desc) if self.client is not None else
                             (_execute(fn, t, self.cache) for t in tasks)):
                 outcomes[outcome.key] = outcome
                 if on_end is not None:
@@ -264,16 +271,18 @@ class Engine:
                 bar.update(1)
         return {t.key: outcomes[t.key] for t in tasks}
 
-    def _run_dask(self, fn: TaskFn, tasks: list[SlideTask]) -> Iterator[Outcome]:
+    def _run_dask(self, fn: TaskFn, tasks: list[SlideTask], desc: str) -> Iterator[Outcome]:
         from distributed import as_completed
 
         if not tasks:
             return
         token = secrets.token_hex(4)
-        resources = {SLIDE_RESOURCE: 1} if self._cluster is not None else None
-        keys = [f"h2gnet-{Path(t.key).name}-{token}-{i}" for i, t in enumerate(tasks)]
+        # one task group (its name: the prefix before the hex token): with more slides than twice the
+        # workers' threads the scheduler queues them and hands a worker its next slide when it is free
+        group = "".join(ch for ch in desc if ch.isalpha()) or "slides"
+        keys = [f"h2gnet-{group}-{token}-{i}" for i in range(len(tasks))]
         futures = self.client.map(_execute_on_worker, [fn] * len(tasks), tasks, key=keys, pure=False,
-                                  retries=self.config.retries, resources=resources)
+                                  retries=self.config.retries)
         by_future = {f.key: t for f, t in zip(futures, tasks)}
         started = time.perf_counter()
         try:
