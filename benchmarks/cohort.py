@@ -112,7 +112,7 @@ def main() -> None:
               f"{r['slides_per_hour']:7.1f} slides/h ({r['slides_per_hour_with_startup']:7.1f} with start-up), "
               f"load {os.getloadavg()[0]:.2f}")
     base = results["in-process"]["wall_s"]
-    for name, r in results.items():
+    for r in results.values():
         r["throughput_vs_in_process"] = round(base / r["wall_s"], 3)
         r["throughput_vs_in_process_with_startup"] = round(base / r["total_s"], 3)
     one = results["workers-1"]

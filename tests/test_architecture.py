@@ -124,7 +124,8 @@ def test_the_core_imports_with_torch_blocked() -> None:
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-@pytest.mark.parametrize("package", ["io", "cohort", "patches", "infer", "outputs", "train", "evaluation", "fast", "synth",
+@pytest.mark.parametrize("package", ["io", "cohort",
+                                     "patches", "infer", "outputs", "train", "evaluation", "fast", "synth",
                                      "study"])
 def test_tests_mirror_the_packages(package: str) -> None:
     assert (SRC / package).is_dir() and (Path(__file__).parent / package).is_dir()

@@ -19,7 +19,7 @@ from h2gnet.errors import H2GNetError
 from h2gnet.evaluation.predictions import evaluate_predictions, write_evaluation
 from h2gnet.evaluation.summary import print_table
 from h2gnet.fast.fpl import export_fast, split_models
-from h2gnet.infer.heatmap import heatmap_cohort
+from h2gnet.infer.heatmap import HeatmapSettings, heatmap_cohort
 from h2gnet.infer.quantize import quantize_patch_model
 from h2gnet.infer.segment import Models, SegmentConfig, check_writable, segment_many
 from h2gnet.io.atomic import write_bytes
@@ -198,8 +198,8 @@ def _cmd_heatmap(args: argparse.Namespace) -> int:
     patch = Models.load(cfg).patch
     assert patch is not None  # --patch-model is required by this command
     with _engine(args) as engine:
-        failures = heatmap_cohort(entries, args.output, patch, overwrite=args.overwrite,
-                                  min_tissue=cfg.min_tissue, batch_size=cfg.batch_size, readers=cfg.readers,
+        settings = HeatmapSettings(min_tissue=cfg.min_tissue, batch_size=cfg.batch_size, readers=cfg.readers)
+        failures = heatmap_cohort(entries, args.output, patch, overwrite=args.overwrite, settings=settings,
                                   progress=cfg.progress, engine=engine)
     for message in failures:
         print(f"error: {message}", file=sys.stderr)

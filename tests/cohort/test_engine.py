@@ -8,8 +8,8 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import deadline
 
+from conftest import deadline
 from h2gnet.cli import main
 from h2gnet.cohort import Engine, EngineConfig, SlideTask, StatusTable
 from h2gnet.errors import H2GNetError

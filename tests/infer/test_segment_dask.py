@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import deadline
 
+from conftest import deadline
 from h2gnet.cli import main
 from h2gnet.cohort import Engine, EngineConfig
 from h2gnet.infer.segment import SegmentConfig, segment_many

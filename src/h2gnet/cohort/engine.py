@@ -48,8 +48,8 @@ class EngineConfig:
 
     ``workers`` 0: in this process, one slide after another (default). ``workers`` N ≥ 1: a Dask
     ``LocalCluster`` of N worker processes on 127.0.0.1 (no dashboard), each running one slide at a time
-    with ``cores // N`` compute threads (ONNX Runtime's intra-op threads), so workers × threads = cores. ``scheduler``: the
-    address of an existing Dask scheduler (``tcp://host:8786``), e.g. from ``dask-jobqueue``.
+    with ``cores // N`` compute threads (ONNX Runtime's intra-op threads), so workers × threads = cores.
+    ``scheduler``: the address of an existing Dask scheduler (``tcp://host:8786``), e.g. from ``dask-jobqueue``.
     ``retries``: extra attempts of a slide whose task raised an unexpected error or lost its worker.
     ``cores``: cores to share among the LocalCluster's workers (default: the visible cores).
     ``connect_timeout``: seconds to wait for the scheduler.
@@ -75,6 +75,7 @@ class EngineConfig:
 
     @property
     def distributed(self) -> bool:
+        """True when the slides run on Dask (``workers`` or ``scheduler`` given)."""
         return bool(self.workers or self.scheduler)
 
 
@@ -113,8 +114,9 @@ def slide_threads() -> int | None:
     except ValueError:
         return None
     plugin = worker.plugins.get(CACHE_PLUGIN)
-    if plugin is not None and getattr(plugin, "threads", None):
-        return int(plugin.threads)
+    threads = getattr(plugin, "threads", None)
+    if threads:
+        return int(threads)
     return max(1, visible_cores() // max(1, int(worker.state.nthreads)))
 
 
@@ -137,7 +139,9 @@ def _execute_on_worker(fn: TaskFn, task: SlideTask) -> Outcome:
 
     worker = get_worker()
     plugin = worker.plugins.get(CACHE_PLUGIN)
-    cache = plugin.cache if plugin is not None else worker.__dict__.setdefault("_h2gnet_cache", {})
+    cache = getattr(plugin, "cache", None)
+    if cache is None:  # the plugin was not registered on this worker: a cache on the worker object
+        cache = worker.__dict__.setdefault("_h2gnet_cache", {})
     return _execute(fn, task, cache)
 
 
@@ -231,6 +235,7 @@ class Engine:
 
     @property
     def distributed(self) -> bool:
+        """True while a Dask client is connected (tasks run on workers, paths must be absolute)."""
         return self.client is not None
 
     def worker_pids(self) -> dict[str, int]:
@@ -255,8 +260,8 @@ class Engine:
             raise H2GNetError(folder, f"the output folder is not usable by {len(bad)} Dask worker(s): worker {addr}: "
                                       f"{why}; every worker must see the output folder at the same path")
 
-    def run(self, fn: TaskFn, tasks: list[SlideTask], desc: str = "slides", progress: bool = True,
-            on_end: Callable[[Outcome], None] | None = None) -> dict[str, Outcome]:
+    def run(self, fn: TaskFn, tasks: list[SlideTask], desc: str = "slides", *, progress: bool = True,
+            on_end: Callable[[Outcome], object] | None = None) -> dict[str, Outcome]:
         """Run ``fn`` on every task; returns key -> :class:`Outcome` (in task order). ``on_end`` is called
         in this process as each slide ends (e.g. to write the status table)."""
         from tqdm.auto import tqdm

@@ -109,17 +109,25 @@ def compute_heatmap(slide: Slide, model: OnnxModel, tissue: Raster, min_tissue: 
 
 
 @dataclass(frozen=True)
+class HeatmapSettings:
+    """How a cohort's heatmaps are computed: ``min_tissue`` (fraction of a patch), patches per
+    ``batch_size``, patch-reading threads (``readers``)."""
+
+    min_tissue: float = MIN_TISSUE
+    batch_size: int = 16
+    readers: int = 2
+
+
+@dataclass(frozen=True)
 class HeatmapJob:
     """One slide of :func:`heatmap_cohort`: the slide (and its µm/px override), the heatmap file to write,
-    the model as (path, SHA-256, device, threads, precision) and the heatmap settings."""
+    the model as (path, SHA-256, device, threads, precision) and the settings."""
 
     slide: str
     mpp: float | None
     target: str
     model: tuple
-    min_tissue: float = MIN_TISSUE
-    batch_size: int = 16
-    readers: int = 2
+    settings: HeatmapSettings
     progress: bool = True
 
 
@@ -136,15 +144,16 @@ def heatmap_task(cache: dict, job: HeatmapJob) -> tuple[str, str]:
     if onnx is None:
         onnx = cache[model] = OnnxModel(Path(model[0]), "patch-classifier", model[2], model[3], model[4])
     with open_slide(job.slide, job.mpp) as s:
-        heat = compute_heatmap(s, onnx, detect_tissue(s), job.min_tissue, job.batch_size, job.readers,
+        opts = job.settings
+        heat = compute_heatmap(s, onnx, detect_tissue(s), opts.min_tissue, opts.batch_size, opts.readers,
                                progress=progress)
         save_heatmap(job.target, heat, s.dimensions, str(s.path))
     return "done", job.target
 
 
 def heatmap_cohort(entries: list, out_dir: str | Path, model: OnnxModel, *, overwrite: bool = False,
-                   min_tissue: float = MIN_TISSUE, batch_size: int = 16, readers: int = 2,
-                   progress: bool = True, engine: Engine | None = None) -> list[str]:
+                   settings: HeatmapSettings | None = None, progress: bool = True,
+                   engine: Engine | None = None) -> list[str]:
     """Heatmaps of manifest ``entries`` into ``out_dir`` (``NAME.heatmap.tiff``), one task per slide on
     ``engine`` (default: in this process); existing ones are kept unless ``overwrite``; ``status.csv``
     records each slide. Returns the errors of slides that failed (the others are still done)."""
@@ -165,7 +174,7 @@ def heatmap_cohort(entries: list, out_dir: str | Path, model: OnnxModel, *, over
         target.unlink(missing_ok=True)
         slide = Path(e.slide).resolve() if engine.distributed else e.slide
         where = target.resolve() if engine.distributed else target
-        job = HeatmapJob(str(slide), e.mpp, str(where), key, min_tissue, batch_size, readers, progress)
+        job = HeatmapJob(str(slide), e.mpp, str(where), key, settings or HeatmapSettings(), progress)
         tasks.append(SlideTask(str(e.slide), (job,), (str(where),)))
     outcomes = engine.run(heatmap_task, tasks, desc="heatmaps", progress=progress,
                           on_end=lambda o: status.record(o.key, o.status, o.seconds, o.error))
