@@ -42,11 +42,12 @@ def test_in_process_outcomes_status_and_shared_cache(tmp_path: Path) -> None:
     status = StatusTable(tmp_path / "status.csv")
     engine = Engine()
     with engine:
-        out = engine.run(_write_task, _tasks(tmp_path, ["a", "bad", "c"]), progress=False,
+        out = engine.run(_write_task, _tasks(tmp_path, ["a", "bad", "c", "boom"]), progress=False,
                          on_end=lambda o: status.record(o.key, o.status, o.seconds, o.error))
-    assert [o.status for o in out.values()] == ["done", "failed", "done"]
+    assert [o.status for o in out.values()] == ["done", "failed", "done", "failed"]
+    assert out["slide3"].error == "RuntimeError: unexpected"  # any error of one slide is its failure
     assert "bad input" in out["slide1"].error and out["slide0"].value == "a"
-    assert engine.cache["calls"] == 3  # one cache for the whole run
+    assert engine.cache["calls"] == 4  # one cache for the whole run
     assert not stale.exists() and (tmp_path / "s0.txt").read_text() == "a"
     again = StatusTable(tmp_path / "status.csv").rows
     assert again["slide1"]["status"] == "failed" and again["slide2"]["status"] == "done"

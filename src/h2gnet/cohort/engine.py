@@ -3,8 +3,9 @@
 A task is a module-level function ``fn(cache, *args) -> (status, value)``: ``status`` is "done" (or
 "skipped"), ``value`` what the caller collects (a summary, a table row). A task raises
 :class:`H2GNetError` for a slide that cannot be done; the slide is then "failed" with that message and the
-others go on. ``cache`` is a dict that lives as long as the worker process (in-process: as long as the
-engine): tasks keep loaded models there, keyed by model path and SHA-256, so a worker loads each model once.
+others go on (any other exception too: in-process at once, on Dask after ``retries`` attempts).
+``cache`` is a dict that lives as long as the worker process (in-process: as long as the engine): tasks
+keep loaded models there, keyed by model path and SHA-256, so a worker loads each model once.
 
 On Dask (``EngineConfig.workers`` or ``.scheduler``) tasks are mapped with ``pure=False`` and ``retries``;
 the client follows them with ``as_completed``, shows one progress bar over slides and records each slide in
@@ -120,7 +121,7 @@ def slide_threads() -> int | None:
     return max(1, visible_cores() // max(1, int(worker.state.nthreads)))
 
 
-def _execute(fn: TaskFn, task: SlideTask, cache: dict) -> Outcome:
+def _execute(fn: TaskFn, task: SlideTask, cache: dict, *, catch_all: bool = True) -> Outcome:
     t = time.perf_counter()
     try:
         for out in task.outputs:
@@ -131,6 +132,10 @@ def _execute(fn: TaskFn, task: SlideTask, cache: dict) -> Outcome:
         status, value = fn(cache, *task.args)
     except H2GNetError as exc:
         return Outcome(task.key, "failed", time.perf_counter() - t, str(exc))
+    except Exception as exc:
+        if catch_all:  # in-process: any error of one slide is that slide's failure
+            return Outcome(task.key, "failed", time.perf_counter() - t, _failure(exc))
+        raise  # on Dask: the scheduler retries the task, then the client records the failure
     return Outcome(task.key, status, time.perf_counter() - t, "", value)
 
 
@@ -142,7 +147,7 @@ def _execute_on_worker(fn: TaskFn, task: SlideTask) -> Outcome:
     cache = getattr(plugin, "cache", None)
     if cache is None:  # the plugin was not registered on this worker: a cache on the worker object
         cache = worker.__dict__.setdefault("_h2gnet_cache", {})
-    return _execute(fn, task, cache)
+    return _execute(fn, task, cache, catch_all=False)
 
 
 def _probe_folder(folder: str, probe: str) -> str | None:
@@ -305,12 +310,12 @@ class Engine:
 
 def _failure(exc: BaseException | None) -> str:
     """A one-line reason for a task that did not return."""
-    from distributed import KilledWorker
-
-    if isinstance(exc, KilledWorker):
+    if type(exc).__name__ == "KilledWorker":  # distributed's; not imported for in-process runs
         return ("its Dask worker died while running it (out of memory, or a crashing slide decoder?); "
                 "see the worker logs")
     if isinstance(exc, H2GNetError):
         return str(exc)
+    if isinstance(exc, MemoryError):
+        return "out of memory (MemoryError)"
     text = str(exc).splitlines()[0][:300] if exc is not None and str(exc) else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
