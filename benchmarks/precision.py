@@ -24,7 +24,7 @@ import numpy as np
 
 from h2gnet.evaluation.patch_accuracy import evaluate_patch_model
 from h2gnet.evaluation.predictions import evaluate_predictions, load_mask_tiff
-from h2gnet.infer.quantize import quantize_patch_model
+from h2gnet.infer.quantize import QuantizeConfig, quantize_patch_model
 from h2gnet.infer.runtime import OnnxModel, openvino_available
 from h2gnet.infer.segment import SegmentConfig, segment_many
 from h2gnet.io.manifest import read_manifest, select
@@ -57,8 +57,8 @@ def main() -> None:
     int8 = {name: path for name, (path, _, _) in recipes.items()}
     for path, method, float_ends in recipes.values():
         if not path.exists():
-            quantize_patch_model(fp32, path, manifest, index, n_patches=256, calibration=method,
-                                 float_ends=float_ends)
+            quantize_patch_model(fp32, path, QuantizeConfig(manifest, index, patches=256, calibration=method,
+                                                            float_ends=float_ends))
     tests = [e for e in select(read_manifest(manifest), "test") if e.annotation]
     test_ix = load_indexes(tests, index)
     variants = [("onnxruntime-fp32", fp32, "cpu", "fp32"), ("onnxruntime-int8", int8["minmax"], "cpu", "fp32"),

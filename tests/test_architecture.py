@@ -24,7 +24,8 @@ LAYERS = {
 }
 #: Packages that run without PyTorch (the core install).
 TORCH_FREE = ("h2gnet.io", "h2gnet.cohort", "h2gnet.patches", "h2gnet.outputs", "h2gnet.synth", "h2gnet.infer",
-              "h2gnet.evaluation", "h2gnet.fast", "h2gnet.study.report", "h2gnet.study.designs", "h2gnet.cli")
+              "h2gnet.evaluation", "h2gnet.fast", "h2gnet.study.report", "h2gnet.study.designs", "h2gnet.cli",
+              "h2gnet.params", "h2gnet.train.config")
 
 
 def _module_name(path: Path) -> str:
@@ -118,6 +119,8 @@ def test_the_core_imports_with_torch_blocked() -> None:
         "sys.meta_path.insert(0, Block())\n"
         f"for m in {names!r}:\n"
         "    importlib.import_module(m)\n"
+        "from h2gnet.cli import build_parser\n"
+        "build_parser().parse_args(['segment', 's.tiff', '-o', 'out', '--no-refine', '--patch-model', 'm.onnx'])\n"
         "assert 'torch' not in sys.modules\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

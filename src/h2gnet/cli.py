@@ -11,34 +11,57 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from h2gnet import __version__
 from h2gnet.cohort import Engine, EngineConfig
-from h2gnet.conventions import EVAL_MPP
+from h2gnet.conventions import PATCH_MPP
 from h2gnet.errors import H2GNetError
-from h2gnet.evaluation.predictions import evaluate_predictions, write_evaluation
+from h2gnet.evaluation.predictions import EvaluateConfig, evaluate_predictions, write_evaluation
 from h2gnet.evaluation.summary import print_table
 from h2gnet.fast.fpl import export_fast, split_models
-from h2gnet.infer.heatmap import HeatmapSettings, heatmap_cohort
-from h2gnet.infer.quantize import quantize_patch_model
+from h2gnet.infer.heatmap import heatmap_cohort
+from h2gnet.infer.quantize import QuantizeConfig, quantize_patch_model
 from h2gnet.infer.segment import Models, SegmentConfig, check_writable, segment_many
 from h2gnet.io.atomic import write_bytes
 from h2gnet.io.manifest import read_manifest, select
-from h2gnet.io.slides import open_slide
+from h2gnet.io.slides import SLIDE_MPP_RULE, open_slide
 from h2gnet.io.text_table import format_rows
-from h2gnet.patches.grid import index_cohort
+from h2gnet.params import ParameterError, add_param, add_rule_option
+from h2gnet.patches.grid import PATCH_MPP_RULE, PATCH_SIZE, PATCH_SIZE_RULE, index_cohort
 from h2gnet.patches.tissue import detect_tissue, otsu_tissue, tissue_area_mm2
-from h2gnet.synth import make_cohort
+from h2gnet.synth import CohortConfig, make_cohort
+from h2gnet.train.config import ClusterConfig, PatchTrainConfig, RefineTrainConfig
 
 Handler = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``error: --option: problem`` and exit status 2, no usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        message = message.removeprefix("argument ")
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _option_name(parser: argparse.ArgumentParser, args: argparse.Namespace, name: str) -> str:
+    """The command-line flag of config field ``name`` (``--batch-size``), else the name itself."""
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    chosen = sub.choices.get(getattr(args, "command", ""), parser) if sub is not None else parser
+    for action in chosen._actions:
+        if action.dest == name and action.option_strings:
+            return max(action.option_strings, key=len)
+    return name
 
 
 # -- foundation ------------------------------------------------------------------------
 def _cmd_synth(args: argparse.Namespace) -> int:
 
-    manifest = make_cohort(args.out_dir, n_slides=args.slides, seed=args.seed, width=args.width,
-                           height=args.height, mpp=args.mpp, progress=not args.quiet,
-                           val_fraction=args.val_fraction, test_fraction=args.test_fraction)
+    cfg = CohortConfig(args.slides, args.seed, args.width, args.height, args.mpp, args.val_fraction,
+                       args.test_fraction)
+    manifest = make_cohort(args.out_dir, n_slides=cfg.slides, seed=cfg.seed, width=cfg.width, height=cfg.height,
+                           mpp=cfg.mpp, progress=not args.quiet, val_fraction=cfg.val_fraction,
+                           test_fraction=cfg.test_fraction)
     print(f"phantom cohort: {manifest}")
     return 0
 
@@ -82,9 +105,7 @@ def _cmd_patches(args: argparse.Namespace) -> int:
 
 
 # -- stage 1 ---------------------------------------------------------------------------
-def _patch_config(args: argparse.Namespace):
-    from h2gnet.train.patch_classifier import PatchTrainConfig
-
+def _patch_config(args: argparse.Namespace) -> PatchTrainConfig:
     return PatchTrainConfig(
         manifest=str(Path(args.manifest).resolve()), index_dir=str(Path(args.index).resolve()), arch=args.arch,
         weights=args.weights, epochs=args.epochs, steps=args.steps, val_steps=args.val_steps,
@@ -108,11 +129,11 @@ def _cmd_train_patch(args: argparse.Namespace) -> int:
 
 
 def _cmd_cluster(args: argparse.Namespace) -> int:
-    from h2gnet.train.cluster_guiding import ClusterConfig, fit_cohort_clustering
+    from h2gnet.train.cluster_guiding import fit_cohort_clustering
 
     cfg = ClusterConfig(manifest=str(args.manifest), index_dir=str(args.index), k=args.k, batches=args.batches,
-                        batch_size=args.batch_size, input_size=args.input_size, weights=args.weights,
-                        workers=args.workers, seed=args.seed, progress=not args.quiet)
+                        batch_size=args.batch_size, variance=args.variance, input_size=args.input_size,
+                        weights=args.weights, workers=args.workers, seed=args.seed, progress=not args.quiet)
     summary = fit_cohort_clustering(args.output, cfg)
     print(f"clustering: k={summary['k']}, {summary['n_components']} principal components "
           f"({summary['explained_variance']:.1%} of variance) -> {args.output}")
@@ -121,8 +142,9 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
 
-    out = quantize_patch_model(args.model, args.output, args.manifest, args.index, args.patches, args.seed,
-                               args.calibration, float_ends=args.float_ends)
+    cfg = QuantizeConfig(args.manifest, args.index, patches=args.patches, seed=args.seed,
+                         calibration=args.calibration, float_ends=args.float_ends)
+    out = quantize_patch_model(args.model, args.output, cfg)
     print(f"int8 model: {out}")
     return 0
 
@@ -132,23 +154,16 @@ def _add_stage1(sub: argparse._SubParsersAction) -> None:
     p.add_argument("manifest", type=Path)
     p.add_argument("--index", type=Path, required=True, help="patch index folder (from `h2gnet patches`)")
     p.add_argument("-o", "--output", type=Path, required=True, help="run folder")
-    p.add_argument("--arch", choices=("mobilenetv2", "inceptionv3"), default="mobilenetv2")
+    add_param(p, PatchTrainConfig, "arch")
     p.add_argument("--weights", default=None,
                    help="'imagenet' (torchvision download, online machines) or a local state-dict file; "
                         "default: random initialisation")
     p.add_argument("--clusters", type=Path, default=None, help="clustering folder (from `h2gnet cluster`): CWCE loss")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--steps", type=int, default=500, help="training batches per epoch")
-    p.add_argument("--val-steps", type=int, default=200, help="validation batches per epoch")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--input-size", type=int, default=None,
-                   help="model input side in px (default: the index's patch size; smaller reads the same "
-                        "field of view at a coarser µm/px)")
+    for name in ("epochs", "steps", "val_steps", "batch_size", "lr", "input_size"):
+        add_param(p, PatchTrainConfig, name)
     p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes reading patches")
-    p.add_argument("--threads", type=int, default=None, help="PyTorch threads")
-    p.add_argument("--seed", type=int, default=0)
+    for name in ("workers", "threads", "seed"):
+        add_param(p, PatchTrainConfig, name)
     p.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
     p.set_defaults(func=_cmd_train_patch)
 
@@ -156,13 +171,12 @@ def _add_stage1(sub: argparse._SubParsersAction) -> None:
     p.add_argument("manifest", type=Path)
     p.add_argument("--index", type=Path, required=True)
     p.add_argument("-o", "--output", type=Path, required=True, help="clustering folder")
-    p.add_argument("-k", type=int, default=10)
-    p.add_argument("--batches", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--input-size", type=int, default=None, help="VGG16 input side in px (default: patch size)")
+    add_param(p, ClusterConfig, "k", "-k")
+    for name in ("batches", "batch_size", "variance", "input_size"):
+        add_param(p, ClusterConfig, name)
     p.add_argument("--weights", default=None, help="'imagenet' or a local VGG16 state-dict file")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
+    add_param(p, ClusterConfig, "workers")
+    add_param(p, ClusterConfig, "seed")
     p.set_defaults(func=_cmd_cluster)
 
     p = sub.add_parser("quantize", help="int8 patch classifier, calibrated on training patches (ONNX Runtime)")
@@ -170,14 +184,11 @@ def _add_stage1(sub: argparse._SubParsersAction) -> None:
     p.add_argument("manifest", type=Path)
     p.add_argument("--index", type=Path, required=True)
     p.add_argument("-o", "--output", type=Path, required=True, help="int8 model (.onnx)")
-    p.add_argument("--patches", type=int, default=256, help="calibration patches")
-    p.add_argument("--calibration", choices=("minmax", "entropy", "percentile"), default="minmax",
-                   help="activation ranges: min/max of the calibration patches (default), entropy (KL), "
-                        "or the 99.999th percentile (entropy and percentile keep every activation in memory: "
-                        "~20 GB for 256 patches of 256 px)")
+    add_param(p, QuantizeConfig, "patches")
+    add_param(p, QuantizeConfig, "calibration")
     p.add_argument("--float-ends", action="store_true",
                    help="keep the first convolution and the fully connected head in float32")
-    p.add_argument("--seed", type=int, default=0)
+    add_param(p, QuantizeConfig, "seed")
     p.set_defaults(func=_cmd_quantize)
 
 
@@ -198,8 +209,7 @@ def _cmd_heatmap(args: argparse.Namespace) -> int:
     patch = Models.load(cfg).patch
     assert patch is not None  # --patch-model is required by this command
     with _engine(args) as engine:
-        settings = HeatmapSettings(min_tissue=cfg.min_tissue, batch_size=cfg.batch_size, readers=cfg.readers)
-        failures = heatmap_cohort(entries, args.output, patch, overwrite=args.overwrite, settings=settings,
+        failures = heatmap_cohort(entries, args.output, patch, overwrite=args.overwrite, settings=cfg.heatmap(),
                                   progress=cfg.progress, engine=engine)
     for message in failures:
         print(f"error: {message}", file=sys.stderr)
@@ -208,7 +218,7 @@ def _cmd_heatmap(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_refine(args: argparse.Namespace) -> int:
-    from h2gnet.train.refiner import RefineTrainConfig, train_refiner
+    from h2gnet.train.refiner import train_refiner
 
     cfg = RefineTrainConfig(manifest=str(Path(args.manifest).resolve()),
                             heatmaps=str(Path(args.heatmaps).resolve()) if args.heatmaps else None,
@@ -246,31 +256,20 @@ def _engine(args: argparse.Namespace) -> Engine:
 
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
     """One task per slide, in this process (default) or on Dask (``pip install h2gnet[dask]``)."""
-    d = EngineConfig()
     g = p.add_argument_group("many slides at once (Dask)")
-    g.add_argument("--workers", type=int, default=d.workers,
-                   help="start a local Dask cluster of N worker processes (127.0.0.1), cores/N threads each; "
-                        "default 0: one slide after another in this process")
-    g.add_argument("--scheduler", default=d.scheduler, metavar="ADDRESS",
+    add_param(g, EngineConfig, "workers")
+    g.add_argument("--scheduler", default=EngineConfig().scheduler, metavar="ADDRESS",
                    help="run on an existing Dask cluster (e.g. tcp://host:8786, from dask-jobqueue); workers "
                         "must see the slides, models and output folder at the same paths")
-    g.add_argument("--retries", type=int, default=d.retries,
-                   help=f"extra attempts of a slide whose task crashed or lost its worker (default {d.retries})")
-    g.add_argument("--connect-timeout", type=float, default=d.connect_timeout, metavar="SECONDS",
-                   help=f"seconds to wait for --scheduler (default {d.connect_timeout:g})")
+    add_param(g, EngineConfig, "retries")
+    add_param(g, EngineConfig, "connect_timeout", metavar="SECONDS")
 
 
 def _add_inference_options(p: argparse.ArgumentParser, *, patch_required: bool = True) -> None:
     p.add_argument("--patch-model", type=Path, required=patch_required,
                    help="patch classifier (.onnx, from train-patch)")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "tensorrt", "openvino", "auto"),
-                   help="ONNX Runtime execution provider (default cpu)")
-    p.add_argument("--threads", type=int, default=None, help="inference threads (default: all cores)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="with --device openvino: bf16 lets OpenVINO compute in bfloat16 (int8: `h2gnet quantize`)")
-    p.add_argument("--batch-size", type=int, default=16,
-                   help="patches per inference batch (memory grows with it: ~25 MB per 256-px patch)")
-    p.add_argument("--readers", type=int, default=2, help="patch-reading threads")
+    for name in ("device", "threads", "precision", "batch_size", "readers"):
+        add_param(p, SegmentConfig, name)
     p.add_argument("--overwrite", action="store_true", help="redo slides that already have outputs")
     _add_engine_options(p)
 
@@ -286,16 +285,12 @@ def _add_stage2(sub: argparse._SubParsersAction) -> None:
     p.add_argument("manifest", type=Path)
     p.add_argument("--heatmaps", type=Path, default=None, help="heatmap folder (not needed for unet-lr)")
     p.add_argument("-o", "--output", type=Path, required=True, help="run folder")
-    p.add_argument("--arch", choices=("unet", "agunet", "dagunet", "doubleunet", "unet-lr"), default="unet")
-    p.add_argument("--input-size", type=int, default=1024, help="network input side in px (paper: 1024)")
-    p.add_argument("--epochs", type=int, default=1000)
-    p.add_argument("--patience", type=int, default=100, help="early-stopping patience in epochs")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--accumulation", type=int, default=6, help="gradient-accumulation steps")
-    p.add_argument("--lr", type=float, default=1e-3)
+    add_param(p, RefineTrainConfig, "arch")
+    for name in ("input_size", "epochs", "patience", "batch_size", "accumulation", "lr"):
+        add_param(p, RefineTrainConfig, name)
     p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    add_param(p, RefineTrainConfig, "threads")
+    add_param(p, RefineTrainConfig, "seed")
     p.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
     p.set_defaults(func=_cmd_train_refine)
 
@@ -304,7 +299,7 @@ def _add_stage2(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder (flat, files named by slide)")
     p.add_argument("--refine-model", type=Path, default=None, help="refinement network (.onnx)")
     p.add_argument("--no-refine", action="store_true", help="patch-wise result: heatmap > 0.5")
-    p.add_argument("--mpp", type=float, default=None, help="level-0 µm/px for slides without it")
+    add_rule_option(p, SLIDE_MPP_RULE, "--mpp")
     p.add_argument("--heatmaps", type=Path, default=None, help="reuse stage-1 heatmaps from this folder")
     _add_inference_options(p, patch_required=False)
     p.set_defaults(func=_cmd_segment)
@@ -340,8 +335,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     entries = select(read_manifest(args.manifest), None if args.split == "all" else args.split)
     with _engine(args) as engine:
-        rows = evaluate_predictions(entries, args.predictions, args.mpp, args.design, progress=not args.quiet,
-                                    engine=engine)
+        rows = evaluate_predictions(entries, args.predictions, EvaluateConfig(args.mpp).mpp, args.design,
+                                    progress=not args.quiet, engine=engine)
     summaries = write_evaluation(args.output, rows, args.mpp)
     print_table(summaries)
     print(f"\nper-slide CSV, Markdown and JSON summaries in {args.output} (at {args.mpp} µm/px)")
@@ -380,7 +375,7 @@ def _add_evaluation(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--predictions", type=Path, required=True, help="folder of NAME.mask.tiff from `segment`")
     p.add_argument("-o", "--output", type=Path, required=True, help="folder for slides.csv, summary.md/json")
     p.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
-    p.add_argument("--mpp", type=float, default=EVAL_MPP, help=f"common resolution in µm/px (default {EVAL_MPP:g})")
+    add_param(p, EvaluateConfig, "mpp")
     p.add_argument("--design", default=None, help="name of the design in the tables")
     _add_engine_options(p)
     p.set_defaults(func=_cmd_evaluate)
@@ -404,27 +399,24 @@ def _add_evaluation(sub: argparse._SubParsersAction) -> None:
 def _add_foundation(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="generate a phantom H&E cohort (slides, annotations, manifest)")
     p.add_argument("out_dir", type=Path)
-    p.add_argument("--slides", type=int, default=24, help="number of slides (default 24)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--width", type=int, default=None, help="slide width in level-0 px")
-    p.add_argument("--height", type=int, default=None, help="slide height in level-0 px")
-    p.add_argument("--mpp", type=float, default=None, help="level-0 µm/px of every slide (default: varied)")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="share of slides in the val split (default 0.2)")
-    p.add_argument("--test-fraction", type=float, default=0.2, help="share of slides in the test split (default 0.2)")
+    for name in ("slides", "seed", "width", "height", "mpp", "val_fraction", "test_fraction"):
+        add_param(p, CohortConfig, name)
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("tissue", help="detect tissue on the ×1.25 plane (or Otsu's baseline)")
     p.add_argument("slide", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True, help="mask image (.png/.tif), 255 = tissue")
     p.add_argument("--method", choices=("paper", "otsu"), default="paper")
-    p.add_argument("--mpp", type=float, default=None, help="level-0 µm/px when the slide has none")
+    add_rule_option(p, SLIDE_MPP_RULE, "--mpp")
     p.set_defaults(func=_cmd_tissue)
 
     p = sub.add_parser("patches", help="index the 256×256 patches at 10× of a cohort")
     p.add_argument("manifest", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True, help="index folder (one file per slide)")
-    p.add_argument("--patch-size", type=int, default=256, help="patch side in px (default 256)")
-    p.add_argument("--patch-mpp", type=float, default=1.0, help="patch resolution in µm/px (default 1.0 = 10×)")
+    add_rule_option(p, PATCH_SIZE_RULE, "--patch-size", default=PATCH_SIZE,
+                    help=f"{PATCH_SIZE_RULE.help} (default {PATCH_SIZE})")
+    add_rule_option(p, PATCH_MPP_RULE, "--patch-mpp", default=PATCH_MPP,
+                    help=f"{PATCH_MPP_RULE.help} (default {PATCH_MPP:g})")
     p.add_argument("--annotation-class", action="append", default=None,
                    help="use only GeoJSON features of this classification (repeatable; default: all)")
     p.add_argument("--overwrite", action="store_true", help="rebuild existing index files")
@@ -433,7 +425,7 @@ def _add_foundation(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``h2gnet`` argument parser: one subcommand per pipeline stage, in pipeline order."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="h2gnet", description="Breast-cancer tumour region segmentation in H&E whole-slide images "
         "(H2G-Net cascade). Subcommands follow the pipeline; `h2gnet COMMAND --help` for each.")
     parser.add_argument("--version", action="version", version=f"h2gnet {__version__}")
@@ -453,11 +445,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 done, 1 some slides failed, 2 bad input or usage)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a bad option (one "error:" line, status 2), --help or --version
+        return int(exc.code or 0)
     warnings.simplefilter("default")
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
     try:
         return int(args.func(args) or 0)
+    except ParameterError as exc:  # a config dataclass refused a value: name the option the user typed
+        print(f"error: {_option_name(parser, args, exc.name)}: {exc.problem}", file=sys.stderr)
+        return 2
     except H2GNetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

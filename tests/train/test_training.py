@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 from h2gnet.errors import H2GNetError  # noqa: E402
 from h2gnet.infer.runtime import OnnxModel  # noqa: E402
 from h2gnet.train.patch_classifier import PatchTrainConfig, train_patch_classifier  # noqa: E402
-from h2gnet.train.run_state import read_log  # noqa: E402
+from h2gnet.train.run_state import load_checkpoint, read_log  # noqa: E402
 
 pytestmark = pytest.mark.slow  # every test here trains or runs a study
 
@@ -42,11 +42,11 @@ def test_resume_continues_and_refuses_other_settings(mini_cohort: Path, tmp_path
     with pytest.warns(UserWarning):
         train_patch_classifier(run, _cfg(mini_cohort))
     assert [r["epoch"] for r in read_log(run)] == ["1"]
-    first = torch.load(run / "checkpoint_last.pt", weights_only=False)["model"]
+    first = load_checkpoint(run / "checkpoint_last.pt")["model"]
     with pytest.warns(UserWarning):
         train_patch_classifier(run, _cfg(mini_cohort, epochs=2))  # resumes at epoch 2
     assert [r["epoch"] for r in read_log(run)] == ["1", "2"]
-    second = torch.load(run / "checkpoint_last.pt", weights_only=False)
+    second = load_checkpoint(run / "checkpoint_last.pt")
     assert second["epoch"] == 2
     assert any(not torch.equal(first[k], second["model"][k]) for k in first if first[k].is_floating_point())
     with pytest.raises(H2GNetError, match="other settings"):
@@ -87,10 +87,11 @@ def test_int8_quantisation_keeps_predictions_close(mini_cohort: Path, patch_run:
                                                    calibration: str, float_ends: bool) -> None:
     import onnx
 
-    from h2gnet.infer.quantize import quantize_patch_model
+    from h2gnet.infer.quantize import QuantizeConfig, quantize_patch_model
 
-    out = quantize_patch_model(patch_run / "model.onnx", tmp_path / "q.onnx", mini_cohort / "manifest.csv",
-                               mini_cohort / "index", n_patches=32, calibration=calibration, float_ends=float_ends)
+    cfg = QuantizeConfig(mini_cohort / "manifest.csv", mini_cohort / "index", patches=32, calibration=calibration,
+                         float_ends=float_ends)
+    out = quantize_patch_model(patch_run / "model.onnx", tmp_path / "q.onnx", cfg)
     q = OnnxModel(out, "patch-classifier")
     f = OnnxModel(patch_run / "model.onnx", "patch-classifier")
     assert q.metadata["precision"] == "int8" and q.input_size == f.input_size and q.mpp == f.mpp

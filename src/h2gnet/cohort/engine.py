@@ -31,6 +31,7 @@ from typing import Any, Self
 
 from h2gnet.errors import H2GNetError
 from h2gnet.io.atomic import remove_stale_parts
+from h2gnet.params import Rule, check_fields, param
 
 #: Name of the worker plugin that holds each Dask worker's cache (loaded models).
 CACHE_PLUGIN = "h2gnet-cache"
@@ -56,23 +57,20 @@ class EngineConfig:
     ``connect_timeout``: seconds to wait for the scheduler.
     """
 
-    workers: int = 0
+    workers: int = param(0, Rule(int, low=0, high=4096, help=(
+        "start a local Dask cluster of N worker processes (127.0.0.1), cores/N threads each; "
+        "0: one slide after another in this process")))
     scheduler: str | None = None
-    retries: int = 1
-    cores: int | None = None
-    connect_timeout: float = 10.0
+    retries: int = param(1, Rule(int, low=0, high=100,
+                                 help="extra attempts of a slide whose task crashed or lost its worker"))
+    cores: int | None = param(None, Rule(int, low=1, optional=True, help="cores to share among local workers"))
+    connect_timeout: float = param(10.0, Rule(float, low=0, high=86_400, low_open=True, unit="s",
+                                              help="seconds to wait for --scheduler"))
 
     def __post_init__(self) -> None:
-        if self.workers < 0:
-            raise H2GNetError(None, f"--workers must be 0 (in-process) or more, not {self.workers}")
+        check_fields(self)
         if self.workers and self.scheduler:
             raise H2GNetError(None, "give either --workers N (a local cluster) or --scheduler ADDRESS, not both")
-        if self.retries < 0:
-            raise H2GNetError(None, f"retries must be 0 or more, not {self.retries}")
-        if self.cores is not None and self.cores < 1:
-            raise H2GNetError(None, f"cores must be 1 or more, not {self.cores}")
-        if self.connect_timeout <= 0:
-            raise H2GNetError(None, "the scheduler connect timeout must be positive")
 
     @property
     def distributed(self) -> bool:

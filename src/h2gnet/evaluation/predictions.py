@@ -8,7 +8,7 @@ fraction ≥ 0.5 when downsampling).
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from h2gnet.cohort import Engine, SlideTask
@@ -21,8 +21,17 @@ from h2gnet.io.annotations import load_annotation
 from h2gnet.io.manifest import SlideEntry
 from h2gnet.io.raster import Raster
 from h2gnet.io.slides import open_slide
+from h2gnet.params import Rule, check_fields, param
 
-#: Default common resolution of the evaluation, µm/px (the ×1.25 plane).
+
+@dataclass
+class EvaluateConfig:
+    """How predictions are scored (``h2gnet evaluate``, a study's ``[evaluate]`` section); checked when made."""
+
+    mpp: float = param(EVAL_MPP, Rule(float, low=0.5, high=100, unit="µm/px", help="common resolution in µm/px"))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def load_mask_tiff(path: str | Path, slide_mpp: float) -> Raster:
@@ -73,8 +82,9 @@ def evaluate_predictions(entries: list[SlideEntry], predictions: str | Path, mpp
                          design: str | None = None, *, progress: bool = True,
                          engine: Engine | None = None) -> list[dict]:
     """Rows for every annotated entry, one task per slide on ``engine`` (default: in this process);
-    missing predictions are listed in one error, a slide that cannot be evaluated is an error."""
-
+    missing predictions are listed in one error, a slide that cannot be evaluated is an error. Scored at ``mpp``
+    µm/px (checked by :class:`EvaluateConfig`'s rule)."""
+    mpp = EvaluateConfig(mpp).mpp
     chosen = [e for e in entries if e.annotation is not None]
     if not chosen:
         raise H2GNetError(None, "no annotated slides to evaluate")

@@ -26,8 +26,16 @@ from h2gnet.infer.runtime import OnnxModel
 from h2gnet.io.atomic import atomic_path
 from h2gnet.io.raster import Raster
 from h2gnet.io.slides import Slide, open_slide
+from h2gnet.params import Rule, check_fields, param
 from h2gnet.patches.grid import MIN_TISSUE, PatchGrid, cell_fractions
 from h2gnet.patches.tissue import detect_tissue
+
+#: Rules shared by :class:`HeatmapSettings` and the segmentation settings (one rule per parameter).
+MIN_TISSUE_RULE = Rule(float, low=0, high=1, high_open=True,
+                       help="a patch is classified when more than this fraction of it is tissue")
+BATCH_SIZE_RULE = Rule(int, low=1, high=4096,
+                       help="patches per inference batch (memory grows with it: ~25 MB per 256-px patch)")
+READERS_RULE = Rule(int, low=1, high=64, help="patch-reading threads")
 
 
 @dataclass
@@ -111,11 +119,14 @@ def compute_heatmap(slide: Slide, model: OnnxModel, tissue: Raster, min_tissue: 
 @dataclass(frozen=True)
 class HeatmapSettings:
     """How a cohort's heatmaps are computed: ``min_tissue`` (fraction of a patch), patches per
-    ``batch_size``, patch-reading threads (``readers``)."""
+    ``batch_size``, patch-reading threads (``readers``); checked when made."""
 
-    min_tissue: float = MIN_TISSUE
-    batch_size: int = 16
-    readers: int = 2
+    min_tissue: float = param(MIN_TISSUE, MIN_TISSUE_RULE)
+    batch_size: int = param(16, BATCH_SIZE_RULE)
+    readers: int = param(2, READERS_RULE)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass(frozen=True)

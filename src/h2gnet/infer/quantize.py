@@ -11,6 +11,7 @@ as it is. Needs the ``[train]`` extra (the ``onnx`` package).
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,11 @@ from h2gnet.errors import H2GNetError
 from h2gnet.infer.runtime import OnnxModel
 from h2gnet.io.atomic import atomic_path
 from h2gnet.io.manifest import read_manifest, select
+from h2gnet.params import Rule, check_fields, param
 from h2gnet.patches.sampling import HierarchicalSampler, PatchReader, load_indexes, sample_stream
+
+#: Activation-range calibration methods of ONNX Runtime's static quantisation.
+CALIBRATIONS = ("minmax", "entropy", "percentile")
 
 
 def calibration_batches(manifest: str | Path, index_dir: str | Path, input_size: int, n_patches: int = 256,
@@ -35,11 +40,9 @@ def calibration_batches(manifest: str | Path, index_dir: str | Path, input_size:
     return [x[i:i + batch_size] for i in range(0, n_patches, batch_size)]
 
 
-def quantize_patch_model(model_path: str | Path, out_path: str | Path, manifest: str | Path,
-                         index_dir: str | Path, n_patches: int = 256, seed: int = 0,
-                         calibration: str = "minmax", *, float_ends: bool = False) -> Path:
-    """Write an int8 version of a patch classifier, calibrated on ``n_patches`` patches of the
-    manifest's training slides; returns ``out_path``.
+@dataclass
+class QuantizeConfig:
+    """Calibration settings of :func:`quantize_patch_model`; checked when made.
 
     ``calibration``: how activation ranges come from the calibration patches —
     ``minmax`` (their extremes), ``entropy`` (KL divergence) or ``percentile`` (99.999th).
@@ -47,9 +50,26 @@ def quantize_patch_model(model_path: str | Path, out_path: str | Path, manifest:
     (measured: ~21 GB peak for 256 MobileNetV2 patches of 256 px; a quarter at 128 px).
     ``float_ends``: keep the first convolution and the fully connected head in float32.
     """
+
+    manifest: str | Path
+    index_dir: str | Path
+    patches: int = param(256, Rule(int, low=1, high=100_000, help="calibration patches"))
+    seed: int = param(0, Rule(int, low=0, help="random seed"))
+    calibration: str = param("minmax", Rule(str, choices=CALIBRATIONS, help=(
+        "activation ranges: min/max of the calibration patches, entropy (KL), or the 99.999th percentile "
+        "(entropy and percentile keep every activation in memory: ~20 GB for 256 patches of 256 px)")))
+    float_ends: bool = param(False, Rule(bool))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+def quantize_patch_model(model_path: str | Path, out_path: str | Path, cfg: QuantizeConfig) -> Path:
+    """Write an int8 version of a patch classifier, calibrated on ``cfg.patches`` patches of the
+    manifest's training slides; returns ``out_path``."""
     fp32 = OnnxModel(Path(model_path), "patch-classifier")
-    batches = calibration_batches(manifest, index_dir, fp32.input_size, n_patches, seed=seed)
-    return quantize_onnx(model_path, out_path, batches, calibration, float_ends=float_ends)
+    batches = calibration_batches(cfg.manifest, cfg.index_dir, fp32.input_size, cfg.patches, seed=cfg.seed)
+    return quantize_onnx(model_path, out_path, batches, cfg.calibration, float_ends=cfg.float_ends)
 
 
 def end_nodes(model: object) -> list[str]:

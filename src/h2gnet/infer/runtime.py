@@ -40,6 +40,12 @@ def openvino_available() -> bool:
     return True
 
 
+#: Accepted ``device`` values (ONNX Runtime execution providers, or the OpenVINO runtime).
+DEVICES = ("cpu", "cuda", "tensorrt", "openvino", "auto")
+#: Accepted ``precision`` values (bf16 only matters with OpenVINO).
+PRECISIONS = ("fp32", "bf16")
+
+
 def choose_providers(device: str = "auto") -> list[str]:
     """Execution providers for ``device``: "cpu", "cuda", "tensorrt", "openvino" or "auto" (best installed)."""
     have = available_providers()

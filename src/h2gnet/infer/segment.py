@@ -30,9 +30,18 @@ from h2gnet import __version__
 from h2gnet.cohort import Engine, SlideTask, StatusTable, slide_threads
 from h2gnet.conventions import HEATMAP_SUFFIX, STATUS_FILE, slide_outputs
 from h2gnet.errors import H2GNetError
-from h2gnet.infer.heatmap import HeatmapStats, compute_heatmap, load_heatmap, save_heatmap
+from h2gnet.infer.heatmap import (
+    BATCH_SIZE_RULE,
+    MIN_TISSUE_RULE,
+    READERS_RULE,
+    HeatmapSettings,
+    HeatmapStats,
+    compute_heatmap,
+    load_heatmap,
+    save_heatmap,
+)
 from h2gnet.infer.refine_input import REFINE_SIZE, low_resolution, refine
-from h2gnet.infer.runtime import OnnxModel, default_threads, sha256_of
+from h2gnet.infer.runtime import DEVICES, PRECISIONS, OnnxModel, default_threads, sha256_of
 from h2gnet.io.atomic import write_text
 from h2gnet.io.manifest import read_manifest
 from h2gnet.io.raster import Raster
@@ -40,6 +49,7 @@ from h2gnet.io.slides import Slide, open_slide
 from h2gnet.outputs.geojson import mask_to_geojson, write_geojson
 from h2gnet.outputs.mask_tiff import write_mask_tiff
 from h2gnet.outputs.overlay import render_overlay, write_png
+from h2gnet.params import Rule, check_fields, param
 from h2gnet.patches.grid import MIN_TISSUE
 from h2gnet.patches.tissue import detect_tissue, tissue_area_mm2
 
@@ -58,14 +68,24 @@ class SegmentConfig:
     patch_model: Path | None
     refine_model: Path | None = None
     heatmap_dir: Path | None = None
-    device: str = "cpu"
-    threads: int | None = None
-    precision: str = "fp32"
-    batch_size: int = 16
-    readers: int = 2
-    min_tissue: float = MIN_TISSUE
-    threshold: float = 0.5
-    progress: bool = True
+    device: str = param("cpu", Rule(str, choices=DEVICES, help="ONNX Runtime execution provider"))
+    threads: int | None = param(None, Rule(int, low=1, high=1024, optional=True,
+                                           help="inference threads (default: all cores)"))
+    precision: str = param("fp32", Rule(str, choices=PRECISIONS, help="with --device openvino: bf16 lets "
+                                        "OpenVINO compute in bfloat16 (int8: `h2gnet quantize`)"))
+    batch_size: int = param(16, BATCH_SIZE_RULE)
+    readers: int = param(2, READERS_RULE)
+    min_tissue: float = param(MIN_TISSUE, MIN_TISSUE_RULE)
+    threshold: float = param(0.5, Rule(float, low=0, high=1, low_open=True, high_open=True,
+                                       help="tumour where the probability is above this"))
+    progress: bool = param(True, Rule(bool))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def heatmap(self) -> HeatmapSettings:
+        """The stage-1 part of these settings."""
+        return HeatmapSettings(self.min_tissue, self.batch_size, self.readers)
 
 
 @dataclass

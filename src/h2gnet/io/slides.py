@@ -28,6 +28,7 @@ from PIL import Image
 
 from h2gnet.errors import H2GNetError
 from h2gnet.io.tifftiles import open_tiff_tiles
+from h2gnet.params import Rule
 
 #: A level is used for a request when its µm/px is at most this factor above the request.
 LEVEL_TOLERANCE = 1.01
@@ -37,6 +38,9 @@ MAX_READ_SIDE = 2048
 MAX_PLAIN_IMAGE_PIXELS = 20_000 * 20_000
 #: Plausible range of level-0 resolutions, µm/px.
 MPP_RANGE = (0.02, 100.0)
+#: A slide's level-0 µm/px given by the user (``--mpp``, a manifest's ``mpp``): the plausible range.
+SLIDE_MPP_RULE = Rule(float, low=MPP_RANGE[0], high=MPP_RANGE[1], optional=True, unit="µm/px",
+                      help="level-0 µm/px for slides without it")
 
 MPP_HINT = "give it with --mpp (µm per level-0 pixel, e.g. 0.25 for a 40× scan, 0.5 for 20×)"
 

@@ -28,7 +28,8 @@ from h2gnet.io.annotations import load_annotation
 from h2gnet.io.atomic import atomic_path
 from h2gnet.io.manifest import SlideEntry
 from h2gnet.io.raster import Raster
-from h2gnet.io.slides import open_slide
+from h2gnet.io.slides import MPP_RANGE, open_slide
+from h2gnet.params import Rule
 from h2gnet.patches.tissue import detect_tissue, tissue_area_mm2
 
 PATCH_SIZE = 256
@@ -38,6 +39,10 @@ LABEL_NONE = -1  # slide without annotation: tissue patch of unknown class
 LABEL_NON_TUMOUR = 0
 LABEL_TUMOUR = 1
 INDEX_SUFFIX = ".patches.parquet"
+#: Rules of the patch index's settings (``h2gnet patches``).
+PATCH_SIZE_RULE = Rule(int, low=16, high=4096, unit="px", help="patch side in px")
+PATCH_MPP_RULE = Rule(float, low=MPP_RANGE[0], high=MPP_RANGE[1], unit="µm/px",
+                      help="patch resolution in µm/px (1.0 = 10×)")
 
 
 @dataclass(frozen=True)
@@ -235,7 +240,8 @@ def index_slide(entry: SlideEntry, patch_size: int = PATCH_SIZE, patch_mpp: floa
     """Index one manifest entry; returns the index and the tissue area in mm²."""
 
     with open_slide(entry.slide, entry.mpp) as slide:
-        grid = PatchGrid(slide.dimensions, slide.mpp, patch_size, patch_mpp)
+        grid = PatchGrid(slide.dimensions, slide.mpp, PATCH_SIZE_RULE.check("patch_size", patch_size),
+                         PATCH_MPP_RULE.check("patch_mpp", patch_mpp))
         fraction_mpp = min(LOW_MPP, grid.cell_mpp / 32)
         tissue = detect_tissue(slide, require=True)
         if fraction_mpp < tissue.mpp:

@@ -23,16 +23,16 @@ from __future__ import annotations
 import json
 import time
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from h2gnet.cohort import Engine
-from h2gnet.conventions import EVAL_MPP, METRICS_FILE, MODEL_FILE, slide_outputs
+from h2gnet.conventions import METRICS_FILE, MODEL_FILE, slide_outputs
 from h2gnet.errors import H2GNetError
 from h2gnet.evaluation.metrics import summarise_designs, values_by_design
-from h2gnet.evaluation.predictions import evaluate_predictions
+from h2gnet.evaluation.predictions import EvaluateConfig, evaluate_predictions
 from h2gnet.evaluation.stats import write_tukey
 from h2gnet.evaluation.summary import (
     boxplot_png,
@@ -48,53 +48,144 @@ from h2gnet.io.atomic import write_text
 from h2gnet.io.manifest import read_manifest, select
 from h2gnet.io.slides import open_slide
 from h2gnet.outputs.mask_tiff import write_mask_tiff
+from h2gnet.params import from_mapping
 from h2gnet.patches.grid import index_cohort
 from h2gnet.patches.tissue import otsu_tissue
 from h2gnet.study.designs import DESIGNS, PAPER_TABLE1
 from h2gnet.study.report import write_figure4, write_html_report
-from h2gnet.synth import make_cohort
-from h2gnet.train.cluster_guiding import ClusterConfig, fit_cohort_clustering
+from h2gnet.synth import CohortConfig, make_cohort
+from h2gnet.train.cluster_guiding import fit_cohort_clustering
 from h2gnet.train.clustering import ARRAYS_FILE
-from h2gnet.train.patch_classifier import PatchTrainConfig, train_patch_classifier
-from h2gnet.train.refiner import RefineTrainConfig, train_refiner
+from h2gnet.train.config import REFINER_ARCHS, ClusterConfig, PatchTrainConfig, RefineTrainConfig
+from h2gnet.train.patch_classifier import train_patch_classifier
+from h2gnet.train.refiner import train_refiner
 from h2gnet.train.run_state import read_log
+
+# -- config: every section is one config dataclass's settings ------------------------------------
+#: Settings a study fixes itself (paths, architecture per design, progress): not keys of its config.
+_FIXED = {"manifest", "index_dir", "heatmaps", "arch", "clusters", "progress"}
+PATCH_SECTIONS = {"patch", "inception", "mobilenet", "kmeans-patch"}
+_PATCH_OVERRIDES = {"inc": "inception", "mob-km": "kmeans-patch", "mob": "mobilenet"}
+
+
+def _keys(cls: type) -> set[str]:
+    return {f.name for f in fields(cls)} - _FIXED
+
+
+def _section_kinds() -> dict[str, tuple[type, set[str]]]:
+    """Section name -> (config dataclass, keys a user may set there)."""
+    kinds: dict[str, tuple[type, set[str]]] = {name: (PatchTrainConfig, _keys(PatchTrainConfig))
+                                               for name in PATCH_SECTIONS}
+    kinds["clusters"] = (ClusterConfig, _keys(ClusterConfig))
+    kinds["refine"] = (RefineTrainConfig, _keys(RefineTrainConfig))
+    kinds.update({f"refine-{arch}": (RefineTrainConfig, _keys(RefineTrainConfig)) for arch in REFINER_ARCHS})
+    kinds["cohort"] = (CohortConfig, _keys(CohortConfig))  # and "manifest": a cohort of one's own
+    kinds["evaluate"] = (EvaluateConfig, _keys(EvaluateConfig))
+    return kinds
+
+
+def _table(config: dict, name: str) -> dict:
+    value = config.get(name, {})
+    return value if isinstance(value, dict) else {}
+
+
+_PLACEHOLDERS: dict[type, dict[str, Any]] = {
+    PatchTrainConfig: {"manifest": "", "index_dir": ""},
+    ClusterConfig: {"manifest": "", "index_dir": ""},
+    RefineTrainConfig: {"manifest": "", "heatmaps": None},
+}
+
+
+def check_config(config: dict, source: str | Path | None = None) -> dict:
+    """Check a study config before any work: known sections and keys only (a misspelt key is an error
+    naming it), every value within its parameter's rule, known designs. Returns ``config``."""
+    kinds = _section_kinds()
+    for key, value in config.items():
+        if key == "designs":
+            if not isinstance(value, list) or not all(isinstance(d, str) for d in value):
+                raise H2GNetError(source, "designs must be a list of design names")
+            unknown = [d for d in value if d not in DESIGNS]
+            if unknown:
+                raise H2GNetError(source, f"unknown design(s) {', '.join(unknown)}; known: {', '.join(DESIGNS)}")
+            continue
+        if key not in kinds:
+            raise H2GNetError(source, f"unknown section or key {key!r} (known: designs, "
+                                      f"{', '.join(sorted(kinds))})")
+        if not isinstance(value, dict):
+            raise H2GNetError(source, f"[{key}] must be a table of settings")
+        cls, allowed = kinds[key]
+        data = dict(value)
+        if key in PATCH_SECTIONS - {"patch"}:
+            data = {**_table(config, "patch"), **data}
+        elif key.startswith("refine-"):
+            data = {**_table(config, "refine"), **data}
+        if cls is CohortConfig:
+            manifest = data.pop("manifest", None)
+            if manifest is not None and not isinstance(manifest, str):
+                raise H2GNetError(source, "[cohort] manifest: must be a path (a string)")
+        given = {**_PLACEHOLDERS.get(cls, {}), **({"arch": "inceptionv3"} if key == "inception" else {}),
+                 **({"arch": key.removeprefix("refine-")} if key.startswith("refine-") else {})}
+        from_mapping(cls, data, source, key, allowed=allowed, **given)
+    return config
+
+
+def load_config(path: str | Path | None, builtin: str = "ablation-cpu") -> dict:
+    """A TOML config file, or a built-in one (``ablation-cpu``, ``ablation-paper``, ``demo``), checked by
+    :func:`check_config` (errors name the file, the section and the key)."""
+    if path is None:
+        text = resources.files("h2gnet.configs").joinpath(f"{builtin}.toml").read_text(encoding="utf-8")
+        return check_config(tomllib.loads(text), f"built-in {builtin}.toml")
+    path = Path(path)
+    try:
+        config = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise H2GNetError(path, "no such config file") from None
+    except (UnicodeDecodeError, IsADirectoryError) as exc:
+        raise H2GNetError(path, f"is not a TOML text file ({type(exc).__name__})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise H2GNetError(path, f"is not valid TOML: {exc}") from None
+    return check_config(config, path)
 
 
 @dataclass
 class Study:
-    """A loaded config and its output folder."""
+    """A loaded, checked config and its output folder."""
 
     config: dict
     out: Path
     progress: bool = True
     engine: Engine = field(default_factory=Engine)  # where per-slide steps run (heatmaps, segment, evaluate)
 
+    def __post_init__(self) -> None:
+        check_config(self.config)
+
     def section(self, name: str) -> dict:
-        """A copy of the config's ``[name]`` table (empty when absent)."""
+        """The settings of one section (empty when the config has none)."""
         return dict(self.config.get(name, {}))
 
     @property
     def designs(self) -> list[str]:
-        """The design keys to run, in order (all of them when the config names none)."""
-        designs = list(self.config.get("designs", DESIGNS))
-        unknown = [d for d in designs if d not in DESIGNS]
-        if unknown:
-            raise H2GNetError(None, f"unknown design(s) {', '.join(unknown)}; known: {', '.join(DESIGNS)}")
-        return designs
+        """The designs to run, in order (default: all nine)."""
+        return list(self.config.get("designs", DESIGNS))
 
+    def cohort(self) -> CohortConfig:
+        """The ``[cohort]`` settings of a phantom cohort."""
+        settings = self.section("cohort")
+        settings.pop("manifest", None)
+        return CohortConfig(**settings)
 
-def load_config(path: str | Path | None, builtin: str = "ablation-cpu") -> dict:
-    """A TOML config file, or a built-in one (``ablation-cpu``, ``ablation-paper``, ``demo``)."""
-    if path is None:
-        text = resources.files("h2gnet.configs").joinpath(f"{builtin}.toml").read_text(encoding="utf-8")
-        return tomllib.loads(text)
-    path = Path(path)
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise H2GNetError(path, "no such config file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise H2GNetError(path, f"is not valid TOML: {exc}") from None
+    def patch_config(self, name: str, manifest: Path, index: Path, clusters: Path | None) -> PatchTrainConfig:
+        """Stage-1 settings of model ``name`` ("mob", "inc", "mob-km"): ``[patch]`` and its own section."""
+        settings = {**self.section("patch"), **self.section(_PATCH_OVERRIDES[name])}
+        return PatchTrainConfig(manifest=str(manifest), index_dir=str(index),
+                                arch="inceptionv3" if name == "inc" else "mobilenetv2",
+                                clusters=str(clusters) if clusters else None, progress=self.progress, **settings)
+
+    def refine_config(self, arch: str, manifest: Path, heatmaps: Path | None) -> RefineTrainConfig:
+        """Refinement settings of ``arch``: ``[refine]`` and ``[refine-ARCH]``."""
+        settings = {**self.section("refine"), **self.section(f"refine-{arch}")}
+        return RefineTrainConfig(manifest=str(manifest), heatmaps=str(heatmaps) if heatmaps else None, arch=arch,
+                                 progress=self.progress, **settings)
 
 
 # -- steps ---------------------------------------------------------------------------------
@@ -105,17 +196,16 @@ def _log(study: Study, message: str) -> None:
 
 def step_cohort(study: Study) -> Path:
     """The cohort's manifest: the config's ``cohort.manifest``, or a phantom cohort made once."""
-    cohort = study.section("cohort")
-    if "manifest" in cohort:
-        return Path(cohort["manifest"]).resolve()
+    given = study.section("cohort").get("manifest")
+    if given is not None:
+        return Path(given).resolve()
     manifest = study.out / "cohort" / "manifest.csv"
     if not manifest.exists():
-
-        _log(study, f"phantom cohort: {cohort.get('slides', 24)} slides")
-        make_cohort(study.out / "cohort", n_slides=int(cohort.get("slides", 24)), seed=int(cohort.get("seed", 0)),
-                    width=cohort.get("width"), height=cohort.get("height"), mpp=cohort.get("mpp"),
-                    progress=study.progress, val_fraction=float(cohort.get("val_fraction", 0.2)),
-                    test_fraction=float(cohort.get("test_fraction", 0.2)))
+        cohort = study.cohort()
+        _log(study, f"phantom cohort: {cohort.slides} slides")
+        make_cohort(study.out / "cohort", n_slides=cohort.slides, seed=cohort.seed, width=cohort.width,
+                    height=cohort.height, mpp=cohort.mpp, progress=study.progress,
+                    val_fraction=cohort.val_fraction, test_fraction=cohort.test_fraction)
     return manifest
 
 
@@ -135,17 +225,9 @@ def step_patch_model(study: Study, manifest: Path, index: Path, name: str) -> Pa
     run = study.out / "runs" / name
     if (run / MODEL_FILE).exists() and (run / METRICS_FILE).exists():
         return run / MODEL_FILE
-    settings = study.section("patch")
-    settings.update(study.section({"inc": "inception", "mob-km": "kmeans-patch"}.get(name, "mobilenet")))
-    clusters = None
-    if name == "mob-km":
-        clusters = step_clusters(study, manifest, index)
+    clusters = step_clusters(study, manifest, index) if name == "mob-km" else None
     _log(study, f"training patch classifier {name}")
-    cfg = PatchTrainConfig(manifest=str(manifest), index_dir=str(index),
-                           arch="inceptionv3" if name == "inc" else "mobilenetv2",
-                           clusters=str(clusters) if clusters else None, progress=study.progress,
-                           **{k: v for k, v in settings.items() if k in PatchTrainConfig.__dataclass_fields__})
-    train_patch_classifier(run, cfg)
+    train_patch_classifier(run, study.patch_config(name, manifest, index, clusters))
     return run / MODEL_FILE
 
 
@@ -156,10 +238,8 @@ def step_clusters(study: Study, manifest: Path, index: Path) -> Path:
     if (out / ARRAYS_FILE).exists():
         return out
     _log(study, "fitting the k-means clustering")
-    settings = study.section("clusters")
     fit_cohort_clustering(out, ClusterConfig(manifest=str(manifest), index_dir=str(index), progress=study.progress,
-                                             **{k: v for k, v in settings.items()
-                                                if k in ClusterConfig.__dataclass_fields__}))
+                                             **study.section("clusters")))
     return out
 
 
@@ -181,14 +261,7 @@ def step_refiner(study: Study, manifest: Path, arch: str, heatmaps: Path | None)
     if (run / MODEL_FILE).exists() and (run / METRICS_FILE).exists():
         return run / MODEL_FILE
     _log(study, f"training refinement network {arch}")
-    settings = study.section("refine")
-    settings.update(study.section(f"refine-{arch}"))
-    if "filters" in settings:
-        settings["filters"] = tuple(settings["filters"])
-    cfg = RefineTrainConfig(manifest=str(manifest), heatmaps=str(heatmaps) if heatmaps else None, arch=arch,
-                            progress=study.progress,
-                            **{k: v for k, v in settings.items() if k in RefineTrainConfig.__dataclass_fields__})
-    train_refiner(run, cfg)
+    train_refiner(run, study.refine_config(arch, manifest, heatmaps))
     return run / MODEL_FILE
 
 
@@ -245,7 +318,7 @@ def run_design(study: Study, design: str, manifest: Path, index: Path) -> Path:
 def evaluate_designs(study: Study, manifest: Path, designs: list[str]) -> list[dict]:
     """Per-slide recall, precision and Dice of every design on the test split."""
 
-    mpp = float(study.section("evaluate").get("mpp", EVAL_MPP))
+    mpp = EvaluateConfig(**study.section("evaluate")).mpp
     tests = _test_entries(manifest)
     rows = []
     for d in designs:

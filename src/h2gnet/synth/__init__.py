@@ -15,11 +15,12 @@ Public API::
 """
 
 from h2gnet.synth.annotation import geojson_text, tumour_geojson
-from h2gnet.synth.cohort import make_cohort, plan_cohort
+from h2gnet.synth.cohort import CohortConfig, make_cohort, plan_cohort
 from h2gnet.synth.slide import render_slide
 from h2gnet.synth.spec import SlideSpec, make_slide_spec
 
 __all__ = [
+    "CohortConfig",
     "SlideSpec",
     "geojson_text",
     "make_cohort",

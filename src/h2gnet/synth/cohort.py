@@ -34,10 +34,11 @@ from tqdm import tqdm
 from h2gnet.errors import H2GNetError
 from h2gnet.io.atomic import write_text
 from h2gnet.io.manifest import SlideEntry, write_manifest
+from h2gnet.params import ParameterError, Rule, check_fields, param
 from h2gnet.synth.annotation import geojson_text
 from h2gnet.synth.noise import sub_seed
 from h2gnet.synth.slide import render_slide
-from h2gnet.synth.spec import make_slide_spec, validate_geometry
+from h2gnet.synth.spec import MIN_SIDE, MPP_RANGE, make_slide_spec, validate_geometry
 
 DEFAULT_WIDTH, DEFAULT_HEIGHT = 12000, 9000
 MIN_LEVEL_PX = 64
@@ -136,6 +137,31 @@ def _fit_pyramid(pyramid: tuple[int, ...], width: int, height: int) -> tuple[int
     return kept or (1,)
 
 
+@dataclass
+class CohortConfig:
+    """What phantom cohort to make (``h2gnet synth``, a study's ``[cohort]`` section); checked when made.
+    ``width``/``height``/``mpp``: None gives varied slides."""
+
+    slides: int = param(24, Rule(int, low=1, high=100_000, help="number of slides"))
+    seed: int = param(0, Rule(int, low=0, help="random seed"))
+    width: int | None = param(None, Rule(int, low=MIN_SIDE, high=1_000_000, optional=True,
+                                         help="slide width in level-0 px"))
+    height: int | None = param(None, Rule(int, low=MIN_SIDE, high=1_000_000, optional=True,
+                                          help="slide height in level-0 px"))
+    mpp: float | None = param(None, Rule(float, low=MPP_RANGE[0], high=MPP_RANGE[1], optional=True, unit="µm/px",
+                                         help="level-0 µm/px of every slide (default: varied)"))
+    val_fraction: float = param(0.2, Rule(float, low=0, high=1, high_open=True,
+                                          help="share of slides in the val split"))
+    test_fraction: float = param(0.2, Rule(float, low=0, high=1, high_open=True,
+                                           help="share of slides in the test split"))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ParameterError("test_fraction", f"val and test fractions must leave training slides "
+                                                  f"(got {self.val_fraction} + {self.test_fraction})")
+
+
 def plan_cohort(n_slides: int, seed: int = 0, width: int | None = None, height: int | None = None,
                 mpp: float | None = None, val_fraction: float = 0.2,
                 test_fraction: float = 0.2) -> list[CohortSlide]:
@@ -194,6 +220,7 @@ def make_cohort(out_dir: str | Path, n_slides: int = 24, seed: int = 0, *, width
     (files appear atomically, and rendering is deterministic) are kept, so an
     interrupted run resumes.
     """
+    CohortConfig(n_slides, seed, width, height, mpp, val_fraction, test_fraction)  # checks every value
     out_dir = Path(out_dir)
     plan = plan_cohort(n_slides, seed, width, height, mpp, val_fraction, test_fraction)
     for sub in ("slides", "annotations"):

@@ -111,12 +111,17 @@ class SlideSpec:
         return float((self.tumour > 0).sum()) / tissue if tissue else 0.0
 
 
+#: Smallest phantom slide side (level-0 px) and the pixel sizes (µm/px) the renderer draws.
+MIN_SIDE = 256
+MPP_RANGE = (0.05, 4.0)
+
+
 def validate_geometry(width: int, height: int, mpp: float, pyramid: tuple[int, ...]) -> None:
     """Raise :class:`H2GNetError` for a slide size, pixel size or pyramid we cannot render."""
-    if width < 256 or height < 256:
-        raise H2GNetError(None, f"slide size {width}x{height} px is too small (minimum 256x256)")
-    if not (0.05 <= mpp <= 4.0):
-        raise H2GNetError(None, f"pixel size {mpp} µm/px is outside 0.05..4")
+    if width < MIN_SIDE or height < MIN_SIDE:
+        raise H2GNetError(None, f"slide size {width}x{height} px is too small (minimum {MIN_SIDE}x{MIN_SIDE})")
+    if not (MPP_RANGE[0] <= mpp <= MPP_RANGE[1]):
+        raise H2GNetError(None, f"pixel size {mpp} µm/px is outside {MPP_RANGE[0]}..{MPP_RANGE[1]:g}")
     if not pyramid or pyramid[0] != 1:
         raise H2GNetError(None, f"pyramid {pyramid} must start with downsample 1")
     for a, b in zip(pyramid, pyramid[1:]):

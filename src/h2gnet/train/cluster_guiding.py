@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -15,26 +15,10 @@ from h2gnet.io.atomic import write_text
 from h2gnet.io.manifest import read_manifest, select
 from h2gnet.patches.sampling import HierarchicalSampler, load_indexes
 from h2gnet.train.clustering import fit_clustering_from_batches, save_clustering
+from h2gnet.train.config import ClusterConfig
 from h2gnet.train.dataset import patch_stream
 from h2gnet.train.models.features import vgg16_features
 from h2gnet.train.patch_classifier import CLUSTER_META
-
-
-@dataclass
-class ClusterConfig:
-    """Settings (defaults: the paper's 100 batches of 32, k = 10, 95 % variance)."""
-
-    manifest: str
-    index_dir: str
-    k: int = 10
-    batches: int = 100
-    batch_size: int = 32
-    variance: float = 0.95
-    input_size: int | None = None
-    weights: str | None = None
-    workers: int = 2
-    seed: int = 0
-    progress: bool = True
 
 
 def fit_cohort_clustering(out_dir: str | Path, cfg: ClusterConfig) -> dict:

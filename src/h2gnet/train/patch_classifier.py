@@ -10,9 +10,7 @@ The best model by validation loss is exported to ONNX at the end.
 from __future__ import annotations
 
 import json
-import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,55 +18,21 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from h2gnet.conventions import METRICS_FILE, MODEL_FILE
+from h2gnet.conventions import MODEL_FILE
 from h2gnet.errors import H2GNetError
 from h2gnet.evaluation.patch_accuracy import evaluate_patch_model
-from h2gnet.io.atomic import write_text
 from h2gnet.io.manifest import read_manifest, select
-from h2gnet.patches.sampling import DEFAULT_STAGES, HierarchicalSampler, load_indexes
+from h2gnet.patches.sampling import HierarchicalSampler, load_indexes
 from h2gnet.train.augment import augment_patch
 from h2gnet.train.clustering import load_image_cluster_assigner
+from h2gnet.train.config import PatchTrainConfig
 from h2gnet.train.dataset import patch_stream
 from h2gnet.train.export import export_classifier_onnx
 from h2gnet.train.losses import cwce_loss
 from h2gnet.train.models import build_classifier
-from h2gnet.train.run_state import (
-    BEST_CHECKPOINT,
-    LAST_CHECKPOINT,
-    append_log,
-    prepare_run,
-    save_checkpoint,
-    set_threads,
-    truncate_log,
-)
+from h2gnet.train.run_state import TrainingRun, set_threads
 
 CLUSTER_META = "h2gnet_cluster.json"
-
-
-@dataclass
-class PatchTrainConfig:
-    """Settings of a patch-classifier run (defaults: the paper's section 3.4)."""
-
-    manifest: str
-    index_dir: str
-    arch: str = "mobilenetv2"
-    weights: str | None = None
-    n_classes: int = 2
-    epochs: int = 100
-    steps: int = 500
-    val_steps: int = 200
-    batch_size: int = 64
-    lr: float = 1e-4
-    input_size: int | None = None
-    clusters: str | None = None
-    stages: tuple[str, ...] = DEFAULT_STAGES
-    augment: bool = True
-    workers: int = 2
-    seed: int = 0
-    threads: int | None = None
-    eval_per_class: int | None = 200
-    progress: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 def _samplers(cfg: PatchTrainConfig) -> tuple[HierarchicalSampler, HierarchicalSampler, list]:
@@ -159,48 +123,36 @@ def train_patch_classifier(run_dir: str | Path, cfg: PatchTrainConfig, *, overwr
     """
     from tqdm.auto import tqdm
 
-    run_dir = Path(run_dir)
+    run = TrainingRun(run_dir, cfg, overwrite=overwrite)  # refuses a bad folder before any work
     set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     train_s, val_s, test_ix = _samplers(cfg)
     patch_size, patch_mpp = train_s.indexes[0].patch_size, train_s.indexes[0].patch_mpp
     input_size = cfg.input_size or patch_size
-    ckpt = prepare_run(run_dir, cfg, overwrite=overwrite)
     model = build_classifier(cfg.arch, cfg.n_classes, cfg.weights).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    start, best = 0, math.inf
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start, best = int(ckpt["epoch"]), float(ckpt["best_val_loss"])
-        truncate_log(run_dir, start)
+    run.begin()
+    progress = run.resume(model, optimizer)
     assigner, cluster_size = _cluster_assigner(cfg)
-    total_steps = (cfg.epochs - start) * (cfg.steps + cfg.val_steps)
+    total_steps = (cfg.epochs - progress.epoch) * (cfg.steps + cfg.val_steps)
     with tqdm(total=total_steps, desc="train-patch", unit="batch", disable=not cfg.progress) as bar:
-        for epoch in range(start, cfg.epochs):
+        for epoch in range(progress.epoch, cfg.epochs):
             bar.set_description(f"train-patch epoch {epoch + 1}/{cfg.epochs}")
-            tr = _run_epoch(model, _loader(train_s, cfg, _seed(cfg.seed, epoch), cfg.steps, augment=cfg.augment,
-                                           input_size=input_size), cfg.steps, assigner, cluster_size, optimizer, bar)
+            train_loader = _loader(train_s, cfg, _seed(cfg.seed, epoch), cfg.steps, augment=cfg.augment,
+                                   input_size=input_size)
+            tr = _run_epoch(model, train_loader, cfg.steps, assigner, cluster_size, optimizer, bar)
             val_loader = _loader(val_s, cfg, _seed(cfg.seed, -1), cfg.val_steps, augment=False, input_size=input_size)
-            va = _run_epoch(model, val_loader,
-                            cfg.val_steps, assigner, cluster_size, None, bar)
-            improved = va["loss"] < best
-            if improved:
-                best = va["loss"]
-                save_checkpoint(run_dir / BEST_CHECKPOINT, {"model": model.state_dict(), "epoch": epoch + 1})
-            append_log(run_dir, {"epoch": epoch + 1, "train_loss": tr["loss"],
-                                 "train_balanced_accuracy": tr["balanced_accuracy"], "val_loss": va["loss"],
-                                 "val_balanced_accuracy": va["balanced_accuracy"],
-                                 "seconds_per_step": tr["seconds"] / max(cfg.steps, 1), "best": int(improved)})
-            save_checkpoint(run_dir / LAST_CHECKPOINT, {"model": model.state_dict(), "optimizer":
-                            optimizer.state_dict(), "epoch": epoch + 1, "best_val_loss": best})
-    best_state = torch.load(run_dir / BEST_CHECKPOINT, map_location="cpu", weights_only=False)
-    model.load_state_dict(best_state["model"])
-    onnx_path = export_classifier_onnx(model.eval(), run_dir / MODEL_FILE, input_size,
+            va = _run_epoch(model, val_loader, cfg.val_steps, assigner, cluster_size, None, bar)
+            run.end_epoch(model, optimizer, progress, {
+                "train_loss": tr["loss"], "train_balanced_accuracy": tr["balanced_accuracy"],
+                "val_loss": va["loss"], "val_balanced_accuracy": va["balanced_accuracy"],
+                "seconds_per_step": tr["seconds"] / max(cfg.steps, 1)})
+    best_epoch = run.load_best(model)
+    onnx_path = export_classifier_onnx(model.eval(), run.dir / MODEL_FILE, input_size,
                                        mpp=patch_mpp * patch_size / input_size, arch=cfg.arch)
-    metrics: dict = {"best_epoch": best_state["epoch"], "best_val_loss": best}
+    metrics: dict = {"best_epoch": best_epoch, "best_val_loss": progress.best_val_loss}
     if test_ix:
         metrics["test"] = evaluate_patch_model(onnx_path, test_ix, cfg.eval_per_class, cfg.seed,
                                                progress=cfg.progress)
-    write_text(run_dir / METRICS_FILE, json.dumps(metrics, indent=2))
+    run.write_metrics(metrics)
     return metrics

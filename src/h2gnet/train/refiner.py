@@ -10,8 +10,6 @@ validation loss (patience 100, at most 1000 epochs); resumable.
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,47 +18,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from h2gnet.conventions import HEATMAP_SUFFIX, METRICS_FILE, MODEL_FILE
+from h2gnet.conventions import HEATMAP_SUFFIX, MODEL_FILE
 from h2gnet.errors import H2GNetError
 from h2gnet.infer.heatmap import load_heatmap
 from h2gnet.infer.refine_input import low_resolution, network_input, target_mask
 from h2gnet.io.annotations import load_annotation
-from h2gnet.io.atomic import write_text
 from h2gnet.io.manifest import SlideEntry, read_manifest, select
 from h2gnet.io.slides import open_slide
+from h2gnet.params import ParameterError
 from h2gnet.train.augment import augment_refinement
+from h2gnet.train.config import RefineTrainConfig
 from h2gnet.train.export import export_refiner_onnx
 from h2gnet.train.losses import dice_loss
 from h2gnet.train.models import build_refiner
-from h2gnet.train.run_state import (
-    BEST_CHECKPOINT,
-    LAST_CHECKPOINT,
-    append_log,
-    prepare_run,
-    save_checkpoint,
-    set_threads,
-    truncate_log,
-)
-
-
-@dataclass
-class RefineTrainConfig:
-    """Settings of a refinement run (defaults: the paper's section 3.4)."""
-
-    manifest: str
-    heatmaps: str | None
-    arch: str = "unet"
-    input_size: int = 1024
-    epochs: int = 1000
-    patience: int = 100
-    batch_size: int = 4
-    accumulation: int = 6
-    lr: float = 1e-3
-    augment: bool = True
-    filters: tuple[int, ...] | None = None
-    seed: int = 0
-    threads: int | None = None
-    progress: bool = True
+from h2gnet.train.run_state import TrainingRun, set_threads
 
 
 @dataclass
@@ -159,14 +130,16 @@ def train_refiner(run_dir: str | Path, cfg: RefineTrainConfig, *, overwrite: boo
     """Train (or resume) in ``run_dir``; export ``model.onnx``; return the final metrics."""
     from tqdm.auto import tqdm
 
-    run_dir = Path(run_dir)
+    run = TrainingRun(run_dir, cfg, overwrite=overwrite)  # refuses a bad folder before any work
     set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    entries = read_manifest(cfg.manifest)
     use_heat = cfg.arch != "unet-lr"
     model = build_refiner(cfg.arch, filters=cfg.filters)
-    model.check_size(cfg.input_size, cfg.input_size)
-    ckpt = prepare_run(run_dir, cfg, overwrite=overwrite)
+    try:
+        model.check_size(cfg.input_size, cfg.input_size)
+    except ValueError as exc:
+        raise ParameterError("input_size", str(exc)) from None
+    entries = read_manifest(cfg.manifest)
     sets = {}
     for split in ("train", "val"):
         chosen = [e for e in select(entries, split) if e.annotation is not None]
@@ -175,36 +148,24 @@ def train_refiner(run_dir: str | Path, cfg: RefineTrainConfig, *, overwrite: boo
         sets[split] = [load_sample(e, cfg.heatmaps, cfg.input_size, use_heatmap=use_heat)
                        for e in tqdm(chosen, desc=f"load {split}", unit="slide", disable=not cfg.progress)]
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    start, best, best_epoch = 0, math.inf, 0
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start, best, best_epoch = int(ckpt["epoch"]), float(ckpt["best_val_loss"]), int(ckpt["best_epoch"])
-        truncate_log(run_dir, start)
-    with tqdm(total=cfg.epochs, initial=start, desc=f"train-refine {cfg.arch}", unit="epoch",
+    run.begin()
+    progress = run.resume(model, optimizer)
+    with tqdm(total=cfg.epochs, initial=progress.epoch, desc=f"train-refine {cfg.arch}", unit="epoch",
               disable=not cfg.progress) as bar:
-        for epoch in range(start, cfg.epochs):
-            if epoch - best_epoch >= cfg.patience and best_epoch > 0:
+        for epoch in range(progress.epoch, cfg.epochs):
+            if epoch - progress.best_epoch >= cfg.patience and progress.best_epoch > 0:
                 break
             rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, epoch]))
             t0 = time.perf_counter()
             train_loss = _train_epoch(model, sets["train"], cfg, optimizer, rng)
             val_loss, val_dice = _validate(model, sets["val"], cfg)
-            improved = val_loss < best
-            if improved:
-                best, best_epoch = val_loss, epoch + 1
-                save_checkpoint(run_dir / BEST_CHECKPOINT, {"model": model.state_dict(), "epoch": epoch + 1})
-            append_log(run_dir, {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
-                                 "val_dice": val_dice, "seconds": time.perf_counter() - t0, "best": int(improved)})
-            save_checkpoint(run_dir / LAST_CHECKPOINT, {"model": model.state_dict(), "optimizer":
-                            optimizer.state_dict(), "epoch": epoch + 1, "best_val_loss": best,
-                            "best_epoch": best_epoch})
+            run.end_epoch(model, optimizer, progress, {"train_loss": train_loss, "val_loss": val_loss,
+                                                       "val_dice": val_dice, "seconds": time.perf_counter() - t0})
             bar.update(1)
-            bar.set_postfix(val_loss=f"{val_loss:.4f}", val_dice=f"{val_dice:.3f}", best=best_epoch)
-    best_state = torch.load(run_dir / BEST_CHECKPOINT, map_location="cpu", weights_only=False)
-    model.load_state_dict(best_state["model"])
-    export_refiner_onnx(model.eval(), run_dir / MODEL_FILE, cfg.input_size, arch=cfg.arch)
+            bar.set_postfix(val_loss=f"{val_loss:.4f}", val_dice=f"{val_dice:.3f}", best=progress.best_epoch)
+    best_epoch = run.load_best(model)
+    export_refiner_onnx(model.eval(), run.dir / MODEL_FILE, cfg.input_size, arch=cfg.arch)
     _, val_dice = _validate(model, sets["val"], cfg)
-    metrics = {"best_epoch": best_state["epoch"], "best_val_loss": best, "val_dice": val_dice}
-    write_text(run_dir / METRICS_FILE, json.dumps(metrics, indent=2))
+    metrics = {"best_epoch": best_epoch, "best_val_loss": progress.best_val_loss, "val_dice": val_dice}
+    run.write_metrics(metrics)
     return metrics

@@ -25,8 +25,9 @@ from torch import Tensor, nn
 from torchvision import models as tvm
 
 from h2gnet.errors import H2GNetError
+from h2gnet.train.config import CLASSIFIER_ARCHS
 
-ARCHS = ("mobilenetv2", "inceptionv3")
+ARCHS = CLASSIFIER_ARCHS
 HEAD_HIDDEN = 100
 
 # Per-architecture input normalisation, applied to [0, 1] RGB.  MobileNetV2's

@@ -59,10 +59,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from h2gnet.train.config import REFINER_ARCHS
 from h2gnet.train.models.blocks import ASPP, AttentionGate, DoubleConv, DualAttention, SqueezeExcite
 from h2gnet.train.models.common import keras_style_count, parameter_count
 
-ARCHS = ("unet", "agunet", "dagunet", "doubleunet", "unet-lr")
+ARCHS = REFINER_ARCHS
 UNET_FILTERS = (8, 16, 32, 64, 128, 128, 256, 256, 512)
 EIGHT_LEVEL_FILTERS = UNET_FILTERS[:-1]
 # The paper's text says "42 atrous spatial pyramid pooling filters", but the

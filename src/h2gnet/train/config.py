@@ -1,0 +1,102 @@
+"""Settings of the training commands, checked when made (one home per parameter; no PyTorch here, so the
+command line can build its options and check values without importing it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from h2gnet.params import ParameterError, Rule, check_fields, param
+from h2gnet.patches.sampling import DEFAULT_STAGES
+
+#: Patch-classifier architectures (section 2.4).
+CLASSIFIER_ARCHS = ("mobilenetv2", "inceptionv3")
+#: Refinement-network architectures (section 2.5).
+REFINER_ARCHS = ("unet", "agunet", "dagunet", "doubleunet", "unet-lr")
+
+#: Smallest classifier input side (px): InceptionV3's stem needs 75, MobileNetV2 32.
+MIN_INPUT = {"mobilenetv2": 32, "inceptionv3": 75}
+
+
+@dataclass
+class PatchTrainConfig:
+    """Settings of a patch-classifier run (defaults: the paper's section 3.4); checked when made."""
+
+    manifest: str
+    index_dir: str
+    arch: str = param("mobilenetv2", Rule(str, choices=CLASSIFIER_ARCHS))
+    weights: str | None = None
+    n_classes: int = param(2, Rule(int, low=2, high=1000, help="output classes"))
+    epochs: int = param(100, Rule(int, low=1, help="training epochs"))
+    steps: int = param(500, Rule(int, low=1, help="training batches per epoch"))
+    val_steps: int = param(200, Rule(int, low=1, help="validation batches per epoch"))
+    batch_size: int = param(64, Rule(int, low=1, high=4096, help="patches per batch"))
+    lr: float = param(1e-4, Rule(float, low=0, high=1, low_open=True, help="Adam learning rate"))
+    input_size: int | None = param(None, Rule(int, low=32, high=2048, optional=True,
+                                              help="model input side in px (default: the index's patch size; "
+                                                   "smaller reads the same field of view at a coarser µm/px)"))
+    clusters: str | None = None
+    stages: tuple[str, ...] = DEFAULT_STAGES
+    augment: bool = param(True, Rule(bool))
+    workers: int = param(2, Rule(int, low=0, high=256, help="DataLoader worker processes reading patches"))
+    seed: int = param(0, Rule(int, low=0, help="random seed"))
+    threads: int | None = param(None, Rule(int, low=1, high=1024, optional=True, help="PyTorch threads"))
+    eval_per_class: int | None = param(200, Rule(int, low=1, optional=True,
+                                                 help="test patches per class in the final evaluation"))
+    progress: bool = param(True, Rule(bool))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        self.stages = tuple(self.stages)
+        if self.input_size is not None and self.input_size < MIN_INPUT[self.arch]:
+            raise ParameterError("input_size", f"{self.arch} needs an input of at least {MIN_INPUT[self.arch]} px "
+                                               f"(got {self.input_size})")
+
+
+@dataclass
+class RefineTrainConfig:
+    """Settings of a refinement run (defaults: the paper's section 3.4); checked when made."""
+
+    manifest: str
+    heatmaps: str | None
+    arch: str = param("unet", Rule(str, choices=REFINER_ARCHS))
+    input_size: int = param(1024, Rule(int, low=32, high=8192, help="network input side in px (paper: 1024)"))
+    epochs: int = param(1000, Rule(int, low=1, help="at most this many epochs"))
+    patience: int = param(100, Rule(int, low=1, help="early-stopping patience in epochs"))
+    batch_size: int = param(4, Rule(int, low=1, high=1024, help="slides per batch"))
+    accumulation: int = param(6, Rule(int, low=1, high=1024, help="gradient-accumulation steps"))
+    lr: float = param(1e-3, Rule(float, low=0, high=1, low_open=True, help="Adam learning rate"))
+    augment: bool = param(True, Rule(bool))
+    filters: tuple[int, ...] | None = None
+    seed: int = param(0, Rule(int, low=0, help="random seed"))
+    threads: int | None = param(None, Rule(int, low=1, high=1024, optional=True, help="PyTorch threads"))
+    progress: bool = param(True, Rule(bool))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.filters is not None:
+            if not isinstance(self.filters, (list, tuple)) or not self.filters or not all(
+                    isinstance(f, int) and not isinstance(f, bool) and f >= 1 for f in self.filters):
+                raise ParameterError("filters", f"must be a list of positive integers (got {self.filters!r})")
+            self.filters = tuple(self.filters)
+
+
+@dataclass
+class ClusterConfig:
+    """Settings of the k-means clustering (defaults: the paper's 100 batches of 32, k = 10, 95 % variance)."""
+
+    manifest: str
+    index_dir: str
+    k: int = param(10, Rule(int, low=2, high=1000, help="k-means clusters"))
+    batches: int = param(100, Rule(int, low=1, help="batches of patches to fit on"))
+    batch_size: int = param(32, Rule(int, low=1, high=4096, help="patches per batch"))
+    variance: float = param(0.95, Rule(float, low=0, high=1, low_open=True,
+                                       help="share of the feature variance the PCA keeps"))
+    input_size: int | None = param(None, Rule(int, low=32, high=2048, optional=True,
+                                              help="VGG16 input side in px (default: patch size)"))
+    weights: str | None = None
+    workers: int = param(2, Rule(int, low=0, high=256, help="DataLoader worker processes reading patches"))
+    seed: int = param(0, Rule(int, low=0, help="random seed"))
+    progress: bool = param(True, Rule(bool))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
