@@ -104,6 +104,9 @@ CASES: list[Case] = [
     Case("synth-fractions-leave-no-training", lambda t: (
         ["synth", str(t / "out"), "--val-fraction", "0.6", "--test-fraction", "0.5"],
         ["--test-fraction", "leave training slides"], t / "out")),
+    *[Case(f"export-fast--tissue-threshold={v}", lambda t, v=v: (
+        ["export-fast", str(t / "run"), "-o", str(t / "out"), "--tissue-threshold", v], ["--tissue-threshold"],
+        t / "out")) for v in ("-1", "500", "abc")],
     # -- study configs (ablation / demo): one rule per key, misspelt keys named ---------------------------
     Case("ablation-misspelt-key", lambda t: (
         ["ablation", "-o", str(t / "out"), "--config", str(_toml(t, "[patch]\nbatch_sise = 8\n"))],

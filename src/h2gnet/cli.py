@@ -19,7 +19,7 @@ from h2gnet.conventions import PATCH_MPP
 from h2gnet.errors import H2GNetError
 from h2gnet.evaluation.predictions import EvaluateConfig, evaluate_predictions, write_evaluation
 from h2gnet.evaluation.summary import print_table
-from h2gnet.fast.fpl import export_fast, split_models
+from h2gnet.fast.fpl import FAST_TISSUE_THRESHOLD, TISSUE_THRESHOLD_RULE, export_fast, split_models
 from h2gnet.infer.heatmap import heatmap_cohort
 from h2gnet.infer.quantize import QuantizeConfig, quantize_patch_model
 from h2gnet.infer.segment import Models, SegmentConfig, check_writable, segment_many
@@ -321,8 +321,8 @@ def _add_export_fast(sub: argparse._SubParsersAction) -> None:
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIRS",
                    help="patch-classifier run (and optionally a refiner run): run folders or .onnx files, any order")
     p.add_argument("-o", "--output", type=Path, required=True, help="folder for h2gnet.fpl and the models")
-    p.add_argument("--tissue-threshold", type=int, default=70,
-                   help="FAST tissue threshold: RGB distance from white, 0-255 scale (default 70)")
+    add_rule_option(p, TISSUE_THRESHOLD_RULE, "--tissue-threshold", default=FAST_TISSUE_THRESHOLD,
+                    help=f"{TISSUE_THRESHOLD_RULE.help} (default {FAST_TISSUE_THRESHOLD})")
     p.add_argument("--inference-engine", default=None,
                    help="FAST inference engine to name in the pipeline (e.g. OpenVINO, ONNXRuntime, TensorRT); "
                         "default: FAST's choice (OpenVINO, which computes in bfloat16 on CPUs with AVX512-BF16; "

@@ -44,6 +44,7 @@ from h2gnet.errors import H2GNetError
 from h2gnet.fast.graph import fast_refiner_graph
 from h2gnet.infer.runtime import OnnxModel, model_kind
 from h2gnet.io.atomic import atomic_path, write_text
+from h2gnet.params import Rule
 from h2gnet.patches.grid import MIN_TISSUE
 
 #: FAST's magnification convention: ``M`` × objective = ``FAST_UM_AT_1X / M`` µm/px (40× = 0.25 µm/px).
@@ -53,6 +54,8 @@ FAST_UM_AT_1X = 10.0
 #: with :func:`h2gnet.patches.tissue.detect_tissue` at 8 µm/px on two phantom slides and CMU-1-Small-Region.svs
 #: (same closings; 60–85 all gave ≥ 0.990).
 FAST_TISSUE_THRESHOLD = 70
+#: Accepted tissue thresholds: an RGB distance from white (at most sqrt(3) * 255 = 442).
+TISSUE_THRESHOLD_RULE = Rule(int, low=0, high=442, help="FAST tissue threshold: RGB distance from white, 0-255 scale")
 #: Closing disk diameter (px) at h2gnet's 8 µm/px tissue plane; rescaled to the smallest level per slide.
 FAST_TISSUE_KERNEL = 5
 FPL_NAME = "h2gnet.fpl"
@@ -273,8 +276,7 @@ def export_fast(patch_run_or_onnx: str | Path, refine_run_or_onnx: str | Path | 
     """
     out = Path(out_dir)
     _check_fast_path(out)
-    if not 0 <= tissue_threshold <= 442:
-        raise H2GNetError(None, f"the tissue threshold is an RGB distance 0–442, got {tissue_threshold}")
+    TISSUE_THRESHOLD_RULE.check("tissue_threshold", tissue_threshold)
     if not 0 <= min_tissue <= 1:
         raise H2GNetError(None, f"min_tissue is a fraction 0–1, got {min_tissue}")
     patch = resolve_model(patch_run_or_onnx, "patch-classifier")
