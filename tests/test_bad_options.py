@@ -87,6 +87,11 @@ CASES: list[Case] = [
         ["heatmap", str(t / "m.csv"), "-o", str(t / "out"), "--patch-model", str(t / "p.onnx"), o, v],
         [o, f"(got {v})"], t / "out"))
       for o, v in [("--batch-size", "0"), ("--batch-size", "-5"), ("--readers", "-1")]],
+    *[Case(f"segment{o}={v}", lambda t, o=o, v=v: (_seg(t, o, v), [o, f"(got {v})"], t / "out"))
+      for o, v in [("--workers", "-1"), ("--retries", "-1"), ("--connect-timeout", "0"),
+                   ("--connect-timeout", "nan")]],
+    Case("segment-workers-and-scheduler", lambda t: (
+        _seg(t, "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"), ["--workers", "--scheduler"], t / "out")),
     # -- evaluate, tissue, patches, synth --------------------------------------------------------------
     *[Case(f"evaluate--mpp={v}", lambda t, v=v: (
         ["evaluate", str(t / "m.csv"), "--predictions", str(t / "pred"), "-o", str(t / "out"), "--mpp", v],

@@ -56,7 +56,7 @@ def test_in_process_outcomes_status_and_shared_cache(tmp_path: Path) -> None:
 def test_config_is_validated() -> None:
     with pytest.raises(H2GNetError, match="not both"):
         EngineConfig(workers=2, scheduler="tcp://127.0.0.1:1")
-    with pytest.raises(H2GNetError, match="--workers"):
+    with pytest.raises(H2GNetError, match=r"workers: must be an integer in \[0, 4096\] \(got -1\)"):
         EngineConfig(workers=-1)
 
 
