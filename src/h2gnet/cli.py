@@ -7,6 +7,8 @@ bad input surfaces as ``error: <file>: <problem>`` with exit status 2.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -15,7 +17,7 @@ from typing import NoReturn
 
 from h2gnet import __version__
 from h2gnet.cohort import Engine, EngineConfig
-from h2gnet.conventions import PATCH_MPP
+from h2gnet.conventions import MAX_CANVAS_ENV, MAX_CANVAS_GB, PATCH_MPP
 from h2gnet.errors import H2GNetError
 from h2gnet.evaluation.predictions import EvaluateConfig, evaluate_predictions, write_evaluation
 from h2gnet.evaluation.summary import print_table
@@ -23,7 +25,7 @@ from h2gnet.fast.fpl import FAST_TISSUE_THRESHOLD, TISSUE_THRESHOLD_RULE, export
 from h2gnet.infer.heatmap import heatmap_cohort
 from h2gnet.infer.quantize import QuantizeConfig, quantize_patch_model
 from h2gnet.infer.segment import Models, SegmentConfig, check_writable, segment_many
-from h2gnet.io.atomic import write_bytes
+from h2gnet.io.atomic import DISK_FULL_ERRNOS, disk_full_error, write_bytes
 from h2gnet.io.manifest import read_manifest, select
 from h2gnet.io.slides import SLIDE_MPP_RULE, open_slide
 from h2gnet.io.text_table import format_rows
@@ -73,6 +75,8 @@ def _cmd_tissue(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.suffix.lower() not in {".png", ".tif", ".tiff"}:
         raise H2GNetError(out, "the tissue mask is written as .png or .tif")
+    if out.is_dir():
+        raise H2GNetError(out, "is an existing folder; -o names the mask image file to write")
     with open_slide(args.slide, args.mpp) as slide:
         mask = otsu_tissue(slide) if args.method == "otsu" else detect_tissue(slide)
         ok, data = cv2.imencode(out.suffix, mask.array.astype(np.uint8) * 255)
@@ -334,12 +338,23 @@ def _add_export_fast(sub: argparse._SubParsersAction) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     entries = select(read_manifest(args.manifest), None if args.split == "all" else args.split)
+    failures: list[str] = []
     with _engine(args) as engine:
         rows = evaluate_predictions(entries, args.predictions, EvaluateConfig(args.mpp).mpp, args.design,
-                                    progress=not args.quiet, engine=engine)
+                                    progress=not args.quiet, engine=engine, failures=failures)
+    if not rows and len(failures) == 1:
+        raise H2GNetError(None, failures[0])
+    for message in failures:
+        print(f"error: {message}", file=sys.stderr)
+    if not rows:
+        raise H2GNetError(args.predictions, f"no slide could be evaluated ({len(failures)} failed)")
     summaries = write_evaluation(args.output, rows, args.mpp)
     print_table(summaries)
     print(f"\nper-slide CSV, Markdown and JSON summaries in {args.output} (at {args.mpp} µm/px)")
+    if failures:
+        print(f"{len(failures)} of {len(rows) + len(failures)} slide(s) failed; the others are scored",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -430,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(H2G-Net cascade). Subcommands follow the pipeline; `h2gnet COMMAND --help` for each.")
     parser.add_argument("--version", action="version", version=f"h2gnet {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--max-canvas-gb", type=float, default=None, metavar="GB",
+                        help=f"largest whole-slide array any step may allocate (default {MAX_CANVAS_GB:g} GB; "
+                             "slides asking more are refused before any work)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_foundation(sub)
     _add_stage1(sub)
@@ -451,7 +469,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     warnings.simplefilter("default")
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
+    before = os.environ.get(MAX_CANVAS_ENV)
     try:
+        if args.max_canvas_gb is not None:
+            if not (math.isfinite(args.max_canvas_gb) and args.max_canvas_gb > 0):
+                raise H2GNetError(None, f"--max-canvas-gb {args.max_canvas_gb} must be a positive number of GB")
+            os.environ[MAX_CANVAS_ENV] = repr(args.max_canvas_gb)  # for this run and the workers it starts
         return int(args.func(args) or 0)
     except ParameterError as exc:  # a config dataclass refused a value: name the option the user typed
         print(f"error: {_option_name(parser, args, exc.name)}: {exc.problem}", file=sys.stderr)
@@ -459,9 +482,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except H2GNetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print("error: out of memory (MemoryError); lower --batch-size or free memory", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in DISK_FULL_ERRNOS:
+            raise
+        print(f"error: {disk_full_error(Path(exc.filename or '.').parent, exc.filename or '?')}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: finished work is kept; run the same command again to resume", file=sys.stderr)
         return 130
+    finally:
+        if before is None:
+            os.environ.pop(MAX_CANVAS_ENV, None)
+        else:
+            os.environ[MAX_CANVAS_ENV] = before
 
 
 if __name__ == "__main__":

@@ -16,6 +16,14 @@ LOW_MPP = 8.0
 #: Resolution at which predictions are scored against annotations (µm/px).
 EVAL_MPP = LOW_MPP
 
+#: Largest whole-slide canvas (one array: tissue plane, annotation mask, resampled raster), GB.
+MAX_CANVAS_GB = 2.0
+#: Environment variable that overrides :data:`MAX_CANVAS_GB` (``h2gnet --max-canvas-gb`` sets it).
+MAX_CANVAS_ENV = "H2GNET_MAX_CANVAS_GB"
+#: Largest plausible side of a slide's scanned area, mm (glass slides are 75 mm long; large-format 75×50 mm):
+#: level-0 size × µm/px beyond it means the µm/px (or the header) is wrong.
+MAX_SLIDE_SIDE_MM = 100.0
+
 #: A training run's exported model and its final metrics, inside the run folder.
 MODEL_FILE = "model.onnx"
 METRICS_FILE = "metrics.json"

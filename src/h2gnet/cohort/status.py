@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import warnings
 from pathlib import Path
 
 from h2gnet.io.atomic import write_text
@@ -18,8 +19,27 @@ class StatusTable:
         self.path = Path(path)
         self.rows: dict[str, dict[str, str]] = {}
         if self.path.exists():
-            self.rows = {r["slide"]: {k: r.get(k) or "" for k in FIELDS}
-                         for r in csv.DictReader(io.StringIO(self.path.read_text()))}
+            self.rows = self._read()
+
+    def _read(self) -> dict[str, dict[str, str]]:
+        """The rows of an earlier run; a corrupt table is set aside (``status.csv.corrupt``) with a warning
+        and a new one started: the outputs themselves say which slides are done."""
+        try:
+            reader = csv.DictReader(io.StringIO(self.path.read_text(encoding="utf-8")))
+            if tuple(reader.fieldnames or ()) != FIELDS:
+                raise ValueError(f"columns {reader.fieldnames}, expected {', '.join(FIELDS)}")
+            rows = {}
+            for r in reader:
+                if None in r or not r["slide"]:
+                    raise ValueError(f"line {reader.line_num} is malformed")
+                rows[r["slide"]] = {k: r.get(k) or "" for k in FIELDS}
+        except (OSError, UnicodeDecodeError, ValueError, csv.Error) as exc:
+            aside = self.path.with_name(self.path.name + ".corrupt")
+            self.path.replace(aside)
+            warnings.warn(f"{self.path}: unreadable ({exc}); moved to {aside.name}, starting a new one",
+                          stacklevel=3)
+            return {}
+        return rows
 
     def record(self, slide: str, status: str, seconds: float = 0.0, error: str = "") -> dict[str, str]:
         """Set one slide's row (``seconds``: wall time of its task) and rewrite the file atomically."""

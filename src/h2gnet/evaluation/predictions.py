@@ -18,6 +18,7 @@ from h2gnet.evaluation.metrics import slide_metrics, summarise_designs, values_b
 from h2gnet.evaluation.stats import write_tukey
 from h2gnet.evaluation.summary import write_slides_csv, write_summary_json, write_summary_markdown
 from h2gnet.io.annotations import load_annotation
+from h2gnet.io.canvas import check_canvas
 from h2gnet.io.manifest import SlideEntry
 from h2gnet.io.raster import Raster
 from h2gnet.io.slides import open_slide
@@ -45,9 +46,12 @@ def load_mask_tiff(path: str | Path, slide_mpp: float) -> Raster:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
             assert isinstance(page, tifffile.TiffPage)  # the first page is never a frame
+            check_canvas(page.shape, 1, path, "the prediction mask")
             arr = page.asarray()
             res = page.tags["XResolution"].value
             unit = page.tags["ResolutionUnit"].value
+    except H2GNetError:
+        raise
     except Exception as exc:  # tifffile raises many types for bad files
         raise H2GNetError(path, f"cannot be read as a mask TIFF ({type(exc).__name__})") from None
     per_cm = res[0] / res[1]
@@ -65,8 +69,11 @@ def evaluate_slide(entry: SlideEntry, predictions: str | Path, mpp: float = EVAL
         raise H2GNetError(entry.slide, "has no annotation to evaluate against")
     with open_slide(entry.slide, entry.mpp) as slide:
         truth = load_annotation(entry.annotation, slide.dimensions, slide.mpp, mpp,
-                                mask_downsample=entry.annotation_downsample)
-        pred = load_mask_tiff(slide_outputs(predictions, entry.key).mask, slide.mpp)
+                                mask_downsample=entry.annotation_downsample,
+                                     tumour_free=entry.tumour_free)
+        mask_path = slide_outputs(predictions, entry.key).mask
+        pred = load_mask_tiff(mask_path, slide.mpp)
+        pred.check_extent(slide.dimensions, mask_path)
         pred = pred.to_mpp(mpp, slide.dimensions)
     rows = min(pred.shape[0], truth.shape[0]), min(pred.shape[1], truth.shape[1])
     m = slide_metrics(pred.array[: rows[0], : rows[1]], truth.array[: rows[0], : rows[1]])
@@ -80,10 +87,15 @@ def evaluate_task(cache: dict, entry: SlideEntry, predictions: str, mpp: float) 
 
 def evaluate_predictions(entries: list[SlideEntry], predictions: str | Path, mpp: float = EVAL_MPP,
                          design: str | None = None, *, progress: bool = True,
-                         engine: Engine | None = None) -> list[dict]:
+                         engine: Engine | None = None, failures: list[str] | None = None) -> list[dict]:
     """Rows for every annotated entry, one task per slide on ``engine`` (default: in this process);
-    missing predictions are listed in one error, a slide that cannot be evaluated is an error. Scored at ``mpp``
-    µm/px (checked by :class:`EvaluateConfig`'s rule)."""
+    missing predictions are listed in one error. Scored at ``mpp`` µm/px (checked by
+    :class:`EvaluateConfig`'s rule).
+
+    With a ``failures`` list, a slide that cannot be evaluated (any exception: a bad annotation, a
+    mask of another slide, ``MemoryError``) is appended there as "NAME: reason" and the others are
+    scored; without one, a slide that cannot be evaluated is an error.
+    """
     mpp = EvaluateConfig(mpp).mpp
     chosen = [e for e in entries if e.annotation is not None]
     if not chosen:
@@ -99,11 +111,14 @@ def evaluate_predictions(entries: list[SlideEntry], predictions: str | Path, mpp
     tasks = [SlideTask(e.key, (e, str(predictions), mpp)) for e in chosen]
     outcomes = engine.run(evaluate_task, tasks, desc="evaluate", progress=progress)
     failed = [o for o in outcomes.values() if o.status == "failed"]
-    if failed:
+    if failed and failures is None:
         raise H2GNetError(None, failed[0].error)
+    if failures is not None:
+        failures += [f"{o.key}: {o.error}" for o in failed]
     rows = []
     for o in outcomes.values():
-        rows.append(o.value if design is None else {"design": design, **o.value})
+        if o.status != "failed":
+            rows.append(o.value if design is None else {"design": design, **o.value})
     return rows
 
 

@@ -22,8 +22,10 @@ import numpy as np
 from h2gnet.cohort import Engine, SlideTask, StatusTable, slide_threads
 from h2gnet.conventions import HEATMAP_SUFFIX, STATUS_FILE
 from h2gnet.errors import H2GNetError
-from h2gnet.infer.runtime import OnnxModel
+from h2gnet.infer.runtime import OnnxModel, check_probabilities
 from h2gnet.io.atomic import atomic_path
+from h2gnet.io.canvas import check_canvas
+from h2gnet.io.lock import folder_lock
 from h2gnet.io.raster import Raster
 from h2gnet.io.slides import Slide, open_slide
 from h2gnet.params import Rule, check_fields, param
@@ -104,7 +106,7 @@ def compute_heatmap(slide: Slide, model: OnnxModel, tissue: Raster, min_tissue: 
         for start, batch in patch_batches(slide, xs, ys, model.input_size, model.mpp, batch_size, readers,
                                      prefetch=max(2, readers * 2)):
             t1 = time.perf_counter()
-            probs = model(batch)
+            probs = check_probabilities(model(batch), model.path, slide.path)
             t_infer += time.perf_counter() - t1
             sel = slice(start, start + len(batch))
             heat[rows[sel], cols[sel]] = probs[:, tumour_col]
@@ -145,7 +147,7 @@ class HeatmapJob:
 def heatmap_task(cache: dict, job: HeatmapJob) -> tuple[str, str]:
     """One slide of :func:`heatmap_cohort` where it runs (here or a Dask worker); the model is loaded once
     per process into ``cache``."""
-    if Path(job.target).exists():
+    if Path(job.target).is_file():
         return "done", job.target  # an earlier attempt finished it
     model, progress = job.model, job.progress
     threads = slide_threads()
@@ -176,20 +178,24 @@ def heatmap_cohort(entries: list, out_dir: str | Path, model: OnnxModel, *, over
     key = (str(model.path.resolve()), model.sha256(), model.device, model.threads, model.precision)
     if not engine.distributed:
         engine.cache.setdefault(key, model)
-    status = StatusTable(out_dir / STATUS_FILE)
-    tasks = []
-    for e in entries:
-        target = out_dir / f"{e.key}{HEATMAP_SUFFIX}"
-        if target.exists() and not overwrite:
-            continue
-        target.unlink(missing_ok=True)
-        slide = Path(e.slide).resolve() if engine.distributed else e.slide
-        where = target.resolve() if engine.distributed else target
-        job = HeatmapJob(str(slide), e.mpp, str(where), key, settings or HeatmapSettings(), progress)
-        tasks.append(SlideTask(str(e.slide), (job,), (str(where),)))
-    outcomes = engine.run(heatmap_task, tasks, desc="heatmaps", progress=progress,
-                          on_end=lambda o: status.record(o.key, o.status, o.seconds, o.error))
-    return [o.error for o in outcomes.values() if o.status == "failed"]
+    with folder_lock(out_dir, "heatmap"):
+        status = StatusTable(out_dir / STATUS_FILE)
+        tasks = []
+        for e in entries:
+            target = out_dir / f"{e.key}{HEATMAP_SUFFIX}"
+            if target.is_file() and not overwrite:
+                continue
+            if target.is_dir():
+                raise H2GNetError(target, "is a folder where the heatmap file should be written")
+            target.unlink(missing_ok=True)
+            slide = Path(e.slide).resolve() if engine.distributed else e.slide
+            where = target.resolve() if engine.distributed else target
+            job = HeatmapJob(str(slide), e.mpp, str(where), key, settings or HeatmapSettings(), progress)
+            tasks.append(SlideTask(str(e.slide), (job,), (str(where),)))
+        outcomes = engine.run(heatmap_task, tasks, desc="heatmaps", progress=progress,
+                              on_end=lambda o: status.record(o.key, o.status, o.seconds, o.error))
+    # an unexpected exception's reason does not name the slide: say which one it was
+    return [o.error if o.key in o.error else f"{o.key}: {o.error}" for o in outcomes.values() if o.status == "failed"]
 
 
 # -- storage ---------------------------------------------------------------------------
@@ -218,9 +224,34 @@ def load_heatmap(path: str | Path) -> tuple[Raster, tuple[int, int]]:
             page = tif.pages[0]
             assert isinstance(page, tifffile.TiffPage)  # the first page is never a frame
             meta = json.loads(page.description)
+            check_canvas(page.shape, 4, path, "the heatmap")
             arr = page.asarray()
+    except H2GNetError:
+        raise
     except Exception as exc:  # tifffile/json raise many types for bad files
         raise H2GNetError(path, f"is not an h2gnet heatmap ({type(exc).__name__})") from None
-    if meta.get("h2gnet_kind") != "heatmap":
+    if not isinstance(meta, dict) or meta.get("h2gnet_kind") != "heatmap":
         raise H2GNetError(path, "is not an h2gnet heatmap")
-    return Raster(arr.astype(np.float32), float(meta["mpp"]), float(meta["slide_mpp"])), tuple(meta["extent_l0"])
+    try:
+        mpp, slide_mpp = float(meta["mpp"]), float(meta["slide_mpp"])
+        extent = (int(meta["extent_l0"][0]), int(meta["extent_l0"][1]))
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise H2GNetError(path, "has unreadable h2gnet heatmap metadata (mpp, slide_mpp, extent_l0)") from None
+    if arr.ndim != 2 or not (np.isfinite(mpp) and mpp > 0 and np.isfinite(slide_mpp) and slide_mpp > 0):
+        raise H2GNetError(path, "is not a valid h2gnet heatmap (2-D array with positive µm/px)")
+    if not np.isfinite(arr).all() or arr.min(initial=0) < 0 or arr.max(initial=0) > 1:
+        raise H2GNetError(path, "holds values outside [0, 1] or non-finite: not tumour probabilities")
+    return Raster(arr.astype(np.float32), mpp, slide_mpp), extent
+
+
+def load_slide_heatmap(path: str | Path, slide: Slide) -> Raster:
+    """The heatmap at ``path``, checked to belong to ``slide``: same level-0 extent and µm/px.
+
+    A heatmap cached for another slide (same file name, other scan) is refused rather than stretched.
+    """
+    heat, extent = load_heatmap(path)
+    if tuple(int(v) for v in extent) != tuple(slide.dimensions) or abs(heat.slide_mpp - slide.mpp) > 1e-6 * slide.mpp:
+        raise H2GNetError(path, f"is the heatmap of a {extent[0]}×{extent[1]} px slide at {heat.slide_mpp:g} µm/px, "
+                                f"but {slide.path.name} is {slide.dimensions[0]}×{slide.dimensions[1]} px at "
+                                f"{slide.mpp:g} µm/px: a heatmap of another slide?")
+    return heat

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from h2gnet.infer.runtime import OnnxModel
+from h2gnet.errors import H2GNetError
+from h2gnet.infer.runtime import OnnxModel, check_probabilities
 from h2gnet.io.raster import Raster
 from h2gnet.io.slides import Slide
 
@@ -76,5 +77,8 @@ def refine(model: OnnxModel, low: LowRes, heatmap: Raster | None) -> Raster:
     if model.in_channels == 4 and heatmap is None:
         raise ValueError("this refinement network needs the stage-1 heatmap")
     x = network_input(low, heatmap if model.in_channels == 4 else None, size)
-    probs = model(x[None])[0]
+    probs = check_probabilities(model(x[None]), model.path)[0]
+    if probs.ndim != 3 or probs.shape[0] < 2:
+        raise H2GNetError(model.path, f"returned an output of shape {tuple(probs.shape)}; a refiner returns "
+                                      "(N, classes >= 2, H, W) with the tumour class at index 1")
     return probability_to_raster(probs[1], low)

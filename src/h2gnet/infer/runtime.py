@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     import onnxruntime as ort
 
 KINDS = ("patch-classifier", "refiner")
+#: Rounding slack on probabilities in [0, 1] (float32 softmax may overshoot by a few ulps).
+PROBABILITY_SLACK = 1e-4
+#: Plausible µm/px of a patch classifier's input (a 40× scan to a 0.16× thumbnail).
+MODEL_MPP_RANGE = (0.05, 64.0)
 
 
 def available_providers() -> list[str]:
@@ -147,12 +151,47 @@ class OnnxModel:
         want_c = 3 if self.expect == "patch-classifier" else None
         if want_c is not None and channels != want_c:
             raise H2GNetError(self.path, f"takes {channels} input channels; a patch classifier takes 3 (RGB)")
+        self._check_metadata()
         self._openvino = None
         if self.device == "openvino" and "OpenVINOExecutionProvider" not in available_providers():
             if not openvino_available():
                 raise H2GNetError(None, "device 'openvino' needs `pip install openvino` (or onnxruntime-openvino)")
             self._openvino = _OpenVinoEngine(self.path, self.threads, self.precision)
             del self.session  # the OpenVINO runtime runs the model; ORT only read its metadata
+
+    def _check_metadata(self) -> None:
+        """Refuse metadata and output shapes inference cannot use (clear errors instead of IndexErrors)."""
+        raw = self.metadata.get("mpp", "1.0")
+        try:
+            mpp = float(raw)
+        except ValueError:
+            mpp = float("nan")
+        if not (np.isfinite(mpp) and MODEL_MPP_RANGE[0] <= mpp <= MODEL_MPP_RANGE[1]):
+            raise H2GNetError(self.path, f"metadata 'mpp' is {raw!r}; expected the µm/px the model was trained at "
+                                         f"({MODEL_MPP_RANGE[0]}–{MODEL_MPP_RANGE[1]})")
+        raw_size = self.metadata.get("input_size")
+        side = self.input_shape[2]
+        if not isinstance(side, int):
+            try:
+                side = int(raw_size or "")
+            except ValueError:
+                side = 0
+        if side < 8:
+            raise H2GNetError(self.path, f"has no usable input size (graph {self.input_shape}, metadata "
+                                         f"'input_size' {raw_size!r})")
+        outputs = self.session.get_outputs()
+        shape = list(outputs[0].shape) if outputs else []
+        columns = shape[1] if len(shape) >= 2 else None
+        if self.expect == "patch-classifier":
+            if len(shape) != 2 or (isinstance(columns, int) and columns < 2):
+                raise H2GNetError(self.path, f"has output shape {shape}; a patch classifier returns (N, classes >= 2)")
+            if isinstance(columns, int) and columns != len(self.classes):
+                raise H2GNetError(self.path, f"returns {columns} columns but its metadata 'classes' names "
+                                             f"{len(self.classes)}: {','.join(self.classes)}")
+            if "tumour" not in self.classes and len(self.classes) != 2:
+                raise H2GNetError(self.path, f"metadata 'classes' {','.join(self.classes)} has no 'tumour' class")
+        elif len(shape) != 4 or (isinstance(columns, int) and columns < 2):
+            raise H2GNetError(self.path, f"has output shape {shape}; a refiner returns (N, classes >= 2, H, W)")
 
     @property
     def input_size(self) -> int:
@@ -224,6 +263,20 @@ class _OpenVinoEngine:
             model.reshape([n, *batch.shape[1:]])
             compiled = self.compiled[n] = self.core.compile_model(model, "CPU", self.config)
         return next(iter(compiled(batch).values()))
+
+
+def check_probabilities(probs: np.ndarray, model: Path, slide: str | Path | None = None) -> np.ndarray:
+    """``probs`` if every value is a probability (finite, in [0, 1] up to rounding); else an
+    :class:`H2GNetError` naming the model, so a broken model never yields an empty mask marked done."""
+    probs = np.asarray(probs)
+    bad = ~np.isfinite(probs)
+    if bad.any():
+        on = f" on {Path(slide).name}" if slide is not None else ""
+        raise H2GNetError(model, f"returned {int(bad.sum())} non-finite value(s) (NaN/inf){on}: a broken model?")
+    if probs.size and (probs.min() < -PROBABILITY_SLACK or probs.max() > 1 + PROBABILITY_SLACK):
+        raise H2GNetError(model, f"returned values in [{probs.min():.3g}, {probs.max():.3g}], not probabilities in "
+                                 "[0, 1] (a model without its softmax?)")
+    return probs
 
 
 def default_threads() -> int:

@@ -37,12 +37,13 @@ from h2gnet.infer.heatmap import (
     HeatmapSettings,
     HeatmapStats,
     compute_heatmap,
-    load_heatmap,
+    load_slide_heatmap,
     save_heatmap,
 )
 from h2gnet.infer.refine_input import REFINE_SIZE, low_resolution, refine
 from h2gnet.infer.runtime import DEVICES, PRECISIONS, OnnxModel, default_threads, sha256_of
 from h2gnet.io.atomic import write_text
+from h2gnet.io.lock import folder_lock
 from h2gnet.io.manifest import read_manifest
 from h2gnet.io.raster import Raster
 from h2gnet.io.slides import Slide, open_slide
@@ -153,8 +154,8 @@ def segment_slide(slide: Slide | str | Path, out_dir: str | Path, models: Models
         low_future = pool.submit(low_resolution, slide, size)
         if models.patch is not None:
             cached = Path(cfg.heatmap_dir) / f"{slide.name}{HEATMAP_SUFFIX}" if cfg.heatmap_dir else None
-            if cached is not None and cached.exists():
-                heat, _ = load_heatmap(cached)
+            if cached is not None and cached.is_file():
+                heat = load_slide_heatmap(cached, slide)
             else:
                 heat = compute_heatmap(slide, models.patch, tissue, cfg.min_tissue, cfg.batch_size, cfg.readers,
                                        progress=cfg.progress, stats=stats)
@@ -169,16 +170,27 @@ def segment_slide(slide: Slide | str | Path, out_dir: str | Path, models: Models
         mask = Raster(heat.array > cfg.threshold, heat.mpp, heat.slide_mpp)
     timings["refinement"] = time.perf_counter() - t
     t = time.perf_counter()
-    with ThreadPoolExecutor(1) as pool:  # OpenCV and the encoders release the GIL: two outputs at a time
-        overlay = pool.submit(lambda path: write_png(path, render_overlay(_thumbnail(low.image), heat, mask)),
-                              paths["overlay"])
-        write_mask_tiff(paths["mask"], mask, slide.dimensions)
-        write_geojson(paths["geojson"], mask_to_geojson(mask))
-        if heat is not None:
-            save_heatmap(paths["heatmap"], heat, slide.dimensions, str(slide.path))
-        else:
-            del paths["heatmap"]
-        overlay.result()
+    if heat is None:
+        del paths["heatmap"]
+    # the output set lands together or not at all: the summary (the 'done' marker) goes first and comes
+    # back last; if any write fails (a full disk) the files of this attempt are removed
+    paths["summary"].unlink(missing_ok=True)
+    try:
+        with ThreadPoolExecutor(1) as pool:  # OpenCV and the encoders release the GIL: two outputs at a time
+            overlay = pool.submit(lambda path: write_png(path, render_overlay(_thumbnail(low.image), heat, mask)),
+                                  paths["overlay"])
+            try:
+                write_mask_tiff(paths["mask"], mask, slide.dimensions)
+                write_geojson(paths["geojson"], mask_to_geojson(mask))
+                if heat is not None:
+                    save_heatmap(paths["heatmap"], heat, slide.dimensions, str(slide.path))
+            finally:
+                overlay.result()
+    except BaseException:
+        for kind, written in paths.items():
+            if kind != "summary":
+                written.unlink(missing_ok=True)
+        raise
     timings["write"] = time.perf_counter() - t
     seconds = {k: round(v, 3) for k, v in timings.items()}
     summary = {
@@ -194,7 +206,12 @@ def segment_slide(slide: Slide | str | Path, out_dir: str | Path, models: Models
         "outputs": {k: p.name for k, p in paths.items()},
     }
     seconds["total"] = round(sum(v for k, v in timings.items() if k != "inference"), 3)
-    write_text(paths["summary"], json.dumps(summary, indent=2))
+    try:
+        write_text(paths["summary"], json.dumps(summary, indent=2))
+    except BaseException:
+        for written in paths.values():
+            written.unlink(missing_ok=True)
+        raise
     return summary
 
 
@@ -224,8 +241,12 @@ def expand_inputs(inputs: list[str]) -> list[tuple[Path, float | None]]:
     seen: set[Path] = set()
     unique = []
     for path, mpp in out:
-        if path.resolve() not in seen:
-            seen.add(path.resolve())
+        try:
+            real = path.resolve()
+        except (OSError, RuntimeError):  # a symlink loop
+            raise H2GNetError(path, "is a symlink loop (or unresolvable link); give the slide file itself") from None
+        if real not in seen:
+            seen.add(real)
             unique.append((path, mpp))
     names = [p.stem for p, _ in unique]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -233,6 +254,19 @@ def expand_inputs(inputs: list[str]) -> list[tuple[Path, float | None]]:
         raise H2GNetError(None, f"several input slides are named {', '.join(dupes)}; outputs are named after "
                                 "the slide, so segment them into different folders")
     return unique
+
+
+def slide_done(out_dir: str | Path, name: str) -> bool:
+    """True when slide ``name`` has a complete output set in ``out_dir``: its summary ``NAME.json`` is a
+    readable file (written last) and every output it lists exists."""
+    summary = slide_outputs(out_dir, name).summary
+    if not summary.is_file():
+        return False
+    try:
+        outputs = json.loads(summary.read_text(encoding="utf-8")).get("outputs", {})
+        return all((Path(out_dir) / str(f)).is_file() for f in outputs.values())
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def model_key(cfg: SegmentConfig) -> tuple:
@@ -247,8 +281,8 @@ def segment_task(cache: dict, slide: str, mpp: float | None, out_dir: str, cfg: 
     """One slide of :func:`segment_many`, where it runs (here or a Dask worker): models come from
     ``cache`` under ``key`` (loaded once per process); a slide an earlier attempt finished is done."""
     summary = slide_outputs(out_dir, Path(slide).stem).summary
-    if summary.exists():
-        return "done", json.loads(summary.read_text())
+    if slide_done(out_dir, Path(slide).stem):
+        return "done", json.loads(summary.read_text(encoding="utf-8"))
     threads = slide_threads()
     if threads is not None:  # on a Dask worker: its share of the cores, no per-patch progress bars
         cfg = replace(cfg, threads=cfg.threads or threads, progress=False)
@@ -275,18 +309,23 @@ def segment_many(inputs: list[str], out_dir: str | Path, cfg: SegmentConfig, mpp
     key = model_key(cfg)
     if not engine.distributed:
         engine.cache.setdefault((key, cfg.threads), models)
-    status = StatusTable(out_dir / STATUS_FILE)
-    tasks = []
-    for path, slide_mpp in slides:
-        outputs = slide_outputs(out_dir, path.stem)
-        if outputs.summary.exists() and not overwrite:
-            status.record(str(path), "skipped", 0.0, "already done")
-            continue
-        outputs.summary.unlink(missing_ok=True)  # redone: not done until its task writes it again
-        where = path.resolve() if engine.distributed else path
-        tasks.append(SlideTask(str(path), (str(where), slide_mpp or mpp, str(out_dir.resolve() if engine.distributed
-                                                                          else out_dir), cfg, key),
-                               tuple(str(p) for p in outputs.as_dict().values())))
-    engine.run(segment_task, tasks, desc="segment", progress=cfg.progress,
-               on_end=lambda o: status.record(o.key, o.status, o.seconds, o.error))
+    with folder_lock(out_dir, "segment"):
+        status = StatusTable(out_dir / STATUS_FILE)
+        tasks = []
+        for path, slide_mpp in slides:
+            outputs = slide_outputs(out_dir, path.stem)
+            if not overwrite and slide_done(out_dir, path.stem):
+                status.record(str(path), "skipped", 0.0, "already done")
+                continue
+            if outputs.summary.is_dir():
+                status.record(str(path), "failed", 0.0, f"{outputs.summary}: is a folder where the slide's "
+                                                        "summary should be written; move it away")
+                continue
+            outputs.summary.unlink(missing_ok=True)  # redone: not done until its task writes it again
+            where = path.resolve() if engine.distributed else path
+            out = str(out_dir.resolve() if engine.distributed else out_dir)
+            tasks.append(SlideTask(str(path), (str(where), slide_mpp or mpp, out, cfg, key),
+                                   tuple(str(p) for p in outputs.as_dict().values())))
+        engine.run(segment_task, tasks, desc="segment", progress=cfg.progress,
+                   on_end=lambda o: status.record(o.key, o.status, o.seconds, o.error))
     return {str(p): status.rows[str(p)] for p, _ in slides}

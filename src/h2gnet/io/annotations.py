@@ -14,7 +14,6 @@ level-0 canvas is ever built.
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import cv2
 import numpy as np
 
 from h2gnet.errors import H2GNetError
+from h2gnet.io.canvas import check_canvas
 from h2gnet.io.raster import Raster
 
 Polygon = list[np.ndarray]
@@ -36,90 +36,152 @@ BOUNDS_SLACK = 0.02
 
 
 # -- GeoJSON ---------------------------------------------------------------------------
-def _features(doc: Any) -> Iterator[dict]:
+#: Geometries that hold areas (read) and those that do not (QuPath points/lines: skipped).
+AREA_GEOMETRIES = ("Polygon", "MultiPolygon", "GeometryCollection")
+OTHER_GEOMETRIES = ("Point", "MultiPoint", "LineString", "MultiLineString")
+#: Deepest GeometryCollection / list-of-features nesting accepted.
+MAX_NESTING = 16
+
+
+class _Invalid(Exception):
+    """A structural problem at a location in the document (becomes an H2GNetError naming the file)."""
+
+
+def _features(doc: Any, where: str = "", depth: int = 0) -> Iterator[tuple[str, dict]]:
+    """(location, feature) of every Feature in a GeoJSON document; :class:`_Invalid` for a bad structure."""
+    if depth > MAX_NESTING:
+        raise _Invalid(f"{where or 'the document'} is nested more than {MAX_NESTING} levels deep")
     if isinstance(doc, list):
-        for item in doc:
-            yield from _features(item)
-    elif isinstance(doc, dict):
-        kind = doc.get("type")
-        if kind == "FeatureCollection":
-            yield from _features(doc.get("features", []))
-        elif kind == "Feature":
-            yield doc
-        elif kind in {"Polygon", "MultiPolygon", "GeometryCollection"}:
-            yield {"type": "Feature", "geometry": doc, "properties": {}}
+        for i, item in enumerate(doc):
+            yield from _features(item, f"{where}[{i}]", depth + 1)
+        return
+    if not isinstance(doc, dict):
+        raise _Invalid(f"{where or 'the document'} is a {type(doc).__name__}, not a GeoJSON object")
+    kind = doc.get("type")
+    if kind == "FeatureCollection":
+        features = doc.get("features")
+        if not isinstance(features, list):
+            raise _Invalid(f"{where}'features' is {_kind_of(features)}, not a list")
+        for i, item in enumerate(features):
+            if not isinstance(item, dict) or item.get("type") != "Feature":
+                raise _Invalid(f"{where}features[{i}] is not a Feature object")
+            yield f"{where}features[{i}]", item
+    elif kind == "Feature":
+        yield where or "the feature", doc
+    elif kind in AREA_GEOMETRIES or kind in OTHER_GEOMETRIES:
+        yield where or "the geometry", {"type": "Feature", "geometry": doc, "properties": {}}
+    else:
+        raise _Invalid(f"{where or 'the document'} has type {kind!r}; expected FeatureCollection, Feature or a "
+                       "geometry")
+
+
+def _kind_of(value: Any) -> str:
+    return "missing" if value is None else f"a {type(value).__name__}"
 
 
 def feature_class(feature: dict) -> str | None:
     """The QuPath classification name of a feature (None when unclassified)."""
     props = feature.get("properties") or {}
+    if not isinstance(props, dict):
+        return None
     cls = props.get("classification")
     if isinstance(cls, dict):
-        return cls.get("name")
+        name = cls.get("name")
+        return name if isinstance(name, str) else None
     if isinstance(cls, str):
         return cls
     return None
 
 
-def _geometry_polygons(geom: dict | None) -> Iterator[list]:
-    if not geom:
+def _geometry_polygons(geom: Any, where: str, depth: int = 0) -> Iterator[tuple[str, list]]:
+    """(location, raw polygon = list of rings) of a geometry; :class:`_Invalid` for a bad structure."""
+    if geom is None:  # GeoJSON allows a feature without geometry
         return
+    if not isinstance(geom, dict):
+        raise _Invalid(f"{where}.geometry is {_kind_of(geom)}, not an object")
+    if depth > MAX_NESTING:
+        raise _Invalid(f"{where} has GeometryCollections nested more than {MAX_NESTING} levels deep")
     kind = geom.get("type")
+    if kind in OTHER_GEOMETRIES:
+        return
+    if kind == "GeometryCollection":
+        subs = geom.get("geometries")
+        if not isinstance(subs, list):
+            raise _Invalid(f"{where}.geometry 'geometries' is {_kind_of(subs)}, not a list")
+        for i, sub in enumerate(subs):
+            yield from _geometry_polygons(sub, f"{where}.geometries[{i}]", depth + 1)
+        return
+    if kind not in ("Polygon", "MultiPolygon"):
+        raise _Invalid(f"{where}.geometry has type {kind!r}; expected Polygon, MultiPolygon or GeometryCollection")
+    coords = geom.get("coordinates")
+    if not isinstance(coords, list):
+        raise _Invalid(f"{where}.geometry 'coordinates' is {_kind_of(coords)}, not a list")
     if kind == "Polygon":
-        yield geom.get("coordinates", [])
-    elif kind == "MultiPolygon":
-        yield from geom.get("coordinates", [])
-    elif kind == "GeometryCollection":
-        for sub in geom.get("geometries", []):
-            yield from _geometry_polygons(sub)
+        yield f"{where}.geometry", coords
+    else:
+        for i, poly in enumerate(coords):
+            if not isinstance(poly, list):
+                raise _Invalid(f"{where}.geometry coordinates[{i}] is {_kind_of(poly)}, not a list of rings")
+            yield f"{where}.geometry coordinates[{i}]", poly
 
 
-def _to_rings(raw: list, path: Path) -> Polygon:
+def _to_rings(raw: list, where: str, path: Path) -> Polygon:
     rings = []
-    for ring in raw:
-        try:
-            arr = np.asarray(ring, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise H2GNetError(path, "has a polygon ring that is not a list of [x, y] numbers") from None
-        if arr.ndim != 2 or arr.shape[1] < 2:
-            raise H2GNetError(path, "has a polygon ring that is not a list of [x, y] points")
+    for i, ring in enumerate(raw):
+        if not isinstance(ring, list) or not all(
+                isinstance(pt, list) and 2 <= len(pt) <= 3 and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in pt) for pt in ring):
+            raise H2GNetError(path, f"{where} ring {i} is not a list of [x, y] numbers")
+        if not ring:
+            continue
+        arr = np.asarray([pt[:2] for pt in ring], dtype=np.float64)
         if not np.isfinite(arr).all():
-            raise H2GNetError(path, "has non-finite polygon coordinates")
+            raise H2GNetError(path, f"{where} ring {i} has non-finite coordinates")
         if len(arr) >= 3:
-            rings.append(arr[:, :2])
+            rings.append(arr)
     return rings
+
+
+def read_json(path: Path) -> Any:
+    """A JSON document (UTF-8, with or without a byte-order mark), or an H2GNetError naming the file."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except FileNotFoundError:
+        raise H2GNetError(path, "no such file") from None
+    except IsADirectoryError:
+        raise H2GNetError(path, "is a folder, not a file") from None
+    except json.JSONDecodeError as exc:
+        raise H2GNetError(path, f"is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except RecursionError:
+        raise H2GNetError(path, "is nested too deeply to be GeoJSON") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise H2GNetError(path, f"cannot be read: {exc}") from None
 
 
 def load_geojson(path: str | Path, classes: Iterable[str] | None = None) -> list[Polygon]:
     """Polygons (level-0 px) of a QuPath GeoJSON export.
 
     Accepts a FeatureCollection, a Feature, a list of Features or a bare
-    geometry; Polygon, MultiPolygon and GeometryCollection geometries.
-    ``classes``: keep only features whose classification name is one of these
-    (case-insensitive); None keeps every feature.
+    geometry; Polygon, MultiPolygon and GeometryCollection geometries (points
+    and lines hold no area and are skipped). ``classes``: keep only features
+    whose classification name is one of these (case-insensitive); None keeps
+    every feature. The structure is validated: anything else is an
+    :class:`H2GNetError` naming the file and the offending key.
     """
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise H2GNetError(path, "no such file") from None
-    except json.JSONDecodeError as exc:
-        raise H2GNetError(path, f"is not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise H2GNetError(path, f"cannot be read: {exc}") from None
+    doc = read_json(path)
     wanted = None if classes is None else {c.lower() for c in classes}
     polygons: list[Polygon] = []
-    n_features = 0
-    for feature in _features(doc):
-        n_features += 1
-        if wanted is not None and (feature_class(feature) or "").lower() not in wanted:
-            continue
-        for raw in _geometry_polygons(feature.get("geometry")):
-            rings = _to_rings(raw, path)
-            if rings:
-                polygons.append(rings)
-    if n_features == 0 and not (isinstance(doc, (dict, list))):
-        raise H2GNetError(path, "is JSON but not GeoJSON (no Feature, FeatureCollection or geometry)")
+    try:
+        for where, feature in _features(doc):
+            if wanted is not None and (feature_class(feature) or "").lower() not in wanted:
+                continue
+            for loc, raw in _geometry_polygons(feature.get("geometry"), where):
+                rings = _to_rings(raw, loc, path)
+                if rings:
+                    polygons.append(rings)
+    except _Invalid as exc:
+        raise H2GNetError(path, f"is not valid GeoJSON: {exc}") from None
     return polygons
 
 
@@ -180,7 +242,8 @@ def _fill_polygon(mask: np.ndarray, rings: list[np.ndarray]) -> None:
     mask[r0:r1, c0:c1] |= inside
 
 
-def rasterize(polygons: list[Polygon], extent_l0: tuple[int, int], slide_mpp: float, mpp: float) -> Raster:
+def rasterize(polygons: list[Polygon], extent_l0: tuple[int, int], slide_mpp: float, mpp: float,
+              path: str | Path | None = None) -> Raster:
     """Boolean mask of ``polygons`` at ``mpp`` µm/px over a slide of ``extent_l0`` = (width, height) px.
 
     A raster pixel is set when its centre is inside a polygon (holes excluded);
@@ -188,6 +251,7 @@ def rasterize(polygons: list[Polygon], extent_l0: tuple[int, int], slide_mpp: fl
     """
     d = mpp / slide_mpp
     rows, cols = max(1, round(extent_l0[1] / d)), max(1, round(extent_l0[0] / d))
+    check_canvas((rows, cols), 1, path, f"the annotation mask at {mpp:g} µm/px")
     mask = np.zeros((rows, cols), dtype=bool)
     for poly in polygons:
         _fill_polygon(mask, [ring / d for ring in poly])
@@ -201,7 +265,10 @@ def _read_mask_pixels(path: Path) -> np.ndarray:
 
         try:
             with tifffile.TiffFile(path) as tif:
+                check_canvas(tif.pages[0].shape, 1, path, "the mask image")
                 arr: np.ndarray | None = tif.pages[0].asarray()
+        except H2GNetError:
+            raise
         except Exception as exc:  # tifffile raises many types for bad files
             raise H2GNetError(path, f"cannot be read as a TIFF mask: {exc}") from None
     else:
@@ -245,20 +312,29 @@ def load_annotation(
     mpp: float,
     classes: Iterable[str] | None = None,
     mask_downsample: float = DEFAULT_MASK_DOWNSAMPLE,
+    *,
+    tumour_free: bool = False,
 ) -> Raster:
     """Tumour mask at ``mpp`` µm/px from a GeoJSON file or a mask image.
 
     ``extent_l0``: the slide's (width, height) in level-0 px; ``slide_mpp``: its
-    level-0 µm/px.
+    level-0 µm/px. A GeoJSON without any valid polygon is an error unless
+    ``tumour_free`` (the manifest says the slide has no tumour), so a broken
+    annotation never becomes "no tumour" in training labels or evaluation truth.
     """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in GEOJSON_SUFFIXES:
         polygons = load_geojson(path, classes)
-        if not polygons:
-            warnings.warn(f"{path}: no annotation polygons (treating the slide as tumour-free)", stacklevel=2)
+        if not polygons and not tumour_free:
+            which = f" of class {', '.join(classes)}" if classes else ""
+            raise H2GNetError(path, f"holds no valid tumour polygon{which}; if the slide has no tumour, say so "
+                                    "in the manifest (column tumour_free = yes)")
+        if polygons and tumour_free:
+            raise H2GNetError(path, f"holds {len(polygons)} tumour polygon(s) but the manifest says the slide is "
+                                    "tumour_free")
         check_bounds(polygons, extent_l0, path)
-        return rasterize(polygons, extent_l0, slide_mpp, mpp)
+        return rasterize(polygons, extent_l0, slide_mpp, mpp, path)
     if suffix in MASK_SUFFIXES:
         mask = load_mask_image(path, extent_l0, slide_mpp, mask_downsample)
         return mask.to_mpp(mpp, extent_l0)

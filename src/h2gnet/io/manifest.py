@@ -2,7 +2,9 @@
 
 Columns: ``slide, annotation, grade, split`` (required, in any order), and
 optionally ``mpp`` (level-0 µm/px, for slides without it in their metadata)
-and ``annotation_downsample`` (for mask-image annotations; default 4).
+``annotation_downsample`` (for mask-image annotations; default 4, > 0) and
+``tumour_free`` (yes/no: the slide has no tumour, so an annotation without any
+polygon is expected rather than an error).
 Paths are relative to the manifest's folder (absolute paths work too).
 ``grade`` is 1, 2, 3 or empty; ``split`` is train, val or test;
 ``annotation`` may be empty (no ground truth: segmentation only).
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,8 @@ from h2gnet.io.atomic import write_text
 REQUIRED_COLUMNS = ("slide", "annotation", "grade", "split")
 SPLITS = ("train", "val", "test")
 GRADES = (1, 2, 3)
+TRUE_WORDS = ("yes", "true", "1", "y")
+FALSE_WORDS = ("no", "false", "0", "n", "")
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,7 @@ class SlideEntry:
     split: str
     mpp: float | None = None
     annotation_downsample: float = 4.0
+    tumour_free: bool = False
 
     @property
     def key(self) -> str:
@@ -54,11 +60,12 @@ def _parse_row(row: dict[str, str], base: Path, path: Path, line: int) -> SlideE
     grade: int | None = None
     if grade_raw:
         try:
-            grade = int(float(grade_raw))
+            value = float(grade_raw)
         except ValueError:
             raise where(f"grade {grade_raw!r} is not 1, 2, 3 or empty") from None
-        if grade not in GRADES:
+        if value not in GRADES:  # 2.7 is not grade 2
             raise where(f"grade {grade_raw!r} is not 1, 2, 3 or empty")
+        grade = int(value)
     if split not in SPLITS:
         raise where(f"split {split!r} is not one of {', '.join(SPLITS)}")
     mpp = None
@@ -68,18 +75,31 @@ def _parse_row(row: dict[str, str], base: Path, path: Path, line: int) -> SlideE
             mpp = float(mpp_raw)
         except ValueError:
             raise where(f"mpp {mpp_raw!r} is not a number") from None
+        if not (math.isfinite(mpp) and mpp > 0):
+            raise where(f"mpp {mpp_raw!r} is not a positive number of µm per level-0 pixel")
     ds_raw = (row.get("annotation_downsample") or "").strip()
     try:
         downsample = float(ds_raw) if ds_raw else 4.0
     except ValueError:
         raise where(f"annotation_downsample {ds_raw!r} is not a number") from None
+    if not (math.isfinite(downsample) and downsample > 0):
+        raise where(f"annotation_downsample {ds_raw!r} is not a positive number")
+    free_raw = (row.get("tumour_free") or "").strip().lower()
+    if free_raw not in TRUE_WORDS + FALSE_WORDS:
+        raise where(f"tumour_free {free_raw!r} is not yes, no or empty")
+    try:
+        slide_path = (base / slide_raw).resolve()
+        ann_path = (base / ann_raw).resolve() if ann_raw else None
+    except (OSError, RuntimeError):  # a symlink loop
+        raise where(f"{slide_raw} or {ann_raw} is a symlink loop (or an unresolvable link)") from None
     return SlideEntry(
-        slide=(base / slide_raw).resolve(),
-        annotation=(base / ann_raw).resolve() if ann_raw else None,
+        slide=slide_path,
+        annotation=ann_path,
         grade=grade,
         split=split,
         mpp=mpp,
         annotation_downsample=downsample,
+        tumour_free=free_raw in TRUE_WORDS,
     )
 
 

@@ -26,7 +26,9 @@ import numpy as np
 import openslide
 from PIL import Image
 
+from h2gnet.conventions import MAX_SLIDE_SIDE_MM
 from h2gnet.errors import H2GNetError
+from h2gnet.io.canvas import check_canvas
 from h2gnet.io.tifftiles import open_tiff_tiles
 from h2gnet.params import Rule
 
@@ -64,19 +66,87 @@ def _check_mpp(path: Path, mpp: float, what: str) -> float:
 
 def _open_handle(path: Path) -> openslide.AbstractSlide:
     """Open with OpenSlide; small plain images (PNG, JPEG, untiled TIFF) via PIL."""
-    if not path.exists():
-        raise H2GNetError(path, "no such file")
+    try:
+        path.stat()
+    except FileNotFoundError:
+        raise H2GNetError(path, "no such file") from None
+    except OSError as exc:  # a symlink loop (ELOOP), a permission problem, ...
+        raise H2GNetError(path, f"cannot be opened ({exc.strerror or exc})") from None
     if path.is_dir():
         raise H2GNetError(path, "is a folder, not a slide file (for DICOM, give one .dcm file of the series)")
     try:
         return openslide.OpenSlide(str(path))
     except openslide.OpenSlideUnsupportedFormatError:
-        pass
+        damage = _truncated_tiff(path)
+        if damage:
+            raise H2GNetError(path, damage) from None
     except openslide.OpenSlideError as exc:
         raise H2GNetError(path, f"cannot be read by OpenSlide (corrupt or truncated?): {exc}") from None
     except OSError as exc:
         raise H2GNetError(path, f"cannot be opened: {exc}") from None
     return _open_plain_image(path)
+
+
+_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _ifd_past_end(path: Path, size: int) -> int | None:
+    """The offset of the first TIFF directory (IFD) that lies past the end of the file, or None."""
+    import struct
+
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+        order = "<" if head[:2] == b"II" else ">"
+        big = head[2:4] in (b"+\x00", b"\x00+")
+        offset = struct.unpack(order + ("Q" if big else "I"), head[8:16] if big else head[4:8])[0]
+        count_fmt, entry, next_fmt = ("Q", 20, "Q") if big else ("H", 12, "I")
+        count_size, next_size = struct.calcsize(count_fmt), struct.calcsize(next_fmt)
+        for _ in range(4096):  # a loop in the IFD chain ends here too
+            if offset == 0:
+                return None
+            if offset + count_size > size:
+                return offset
+            fh.seek(offset)
+            (count,) = struct.unpack(order + count_fmt, fh.read(count_size))
+            end = offset + count_size + count * entry
+            if end + next_size > size:
+                return offset
+            fh.seek(end)
+            (offset,) = struct.unpack(order + next_fmt, fh.read(next_size))
+    return None
+
+
+def _truncated_tiff(path: Path) -> str | None:
+    """Why a TIFF that OpenSlide refused is damaged (directories or data past the end of the file), or None.
+
+    Without this a truncated whole-slide TIFF falls back to the plain-image reader, which decodes a
+    page that survived (a thumbnail) and reports a misleading "has no µm/px".
+    """
+    import logging
+
+    import tifffile
+
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4) not in _TIFF_MAGICS:
+                return None
+        size = path.stat().st_size
+        bad_ifd = _ifd_past_end(path, size)
+        if bad_ifd is not None:
+            return f"is a truncated TIFF: a directory at byte {bad_ifd} lies past the end of the {size}-byte file"
+        log = logging.getLogger("tifffile")
+        level, log.level = log.level, logging.CRITICAL  # its warnings would add lines to our one-line error
+        try:
+            with tifffile.TiffFile(path) as tif:
+                for page in tif.pages:
+                    ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=False) if n]
+                    if ends and max(ends) > size:
+                        return f"is a truncated TIFF: its data run to byte {max(ends)} but the file has {size} bytes"
+        finally:
+            log.level = level
+    except Exception as exc:  # struct/tifffile raise many types for damaged files
+        return f"is a damaged or truncated TIFF ({type(exc).__name__})"
+    return None
 
 
 def _open_plain_image(path: Path) -> openslide.ImageSlide:
@@ -152,6 +222,11 @@ class Slide:
         self.dimensions: tuple[int, int] = tuple(int(v) for v in self._handle.dimensions)  # type: ignore[assignment]
         if self.dimensions[0] < 1 or self.dimensions[1] < 1:
             raise H2GNetError(self.path, f"has empty dimensions {self.dimensions}")
+        side_mm = max(self.dimensions) * self.mpp / 1000.0
+        if side_mm > MAX_SLIDE_SIDE_MM:
+            raise H2GNetError(self.path, f"at {self.mpp:g} µm/px its {self.dimensions[0]}×{self.dimensions[1]} px "
+                                         f"would span {side_mm:.0f} mm, more than any glass slide "
+                                         f"({MAX_SLIDE_SIDE_MM:g} mm): wrong µm/px, or a corrupt header")
         self.levels: tuple[Level, ...] = tuple(
             Level(i, tuple(int(v) for v in dims), float(ds), self.mpp * float(ds))  # type: ignore[arg-type]
             for i, (dims, ds) in enumerate(
@@ -227,6 +302,7 @@ class Slide:
         width, height = int(size[0]), int(size[1])
         if width < 1 or height < 1:
             raise ValueError(f"size must be positive, got {size}")
+        check_canvas((height, width, 3), 1, self.path, f"a {width}×{height} px read at {mpp:g} µm/px")
         level = self.best_level(mpp)
         scale = (mpp / self.mpp) / level.downsample  # source px per output px (≥ ~1)
         tile = max(1, int(MAX_READ_SIDE / max(scale, 1.0)))

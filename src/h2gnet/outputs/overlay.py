@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from h2gnet.errors import H2GNetError
-from h2gnet.io.atomic import atomic_path
+from h2gnet.io.atomic import LOW_SPACE, atomic_path, disk_full_error, free_bytes
 from h2gnet.io.raster import Raster
 
 PRED_COLOR = (0, 255, 0)
@@ -160,6 +160,9 @@ def write_png(path: str | Path, rgb: np.ndarray) -> Path:
         raise ValueError(f"expected (H, W, 3) or (H, W) uint8, got {arr.shape} {arr.dtype}")
     bgr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR) if arr.ndim == 3 else arr
     with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), bgr):
+        if not cv2.imwrite(str(tmp), bgr):  # OpenCV returns False, even on a full disk
+            free = free_bytes(path.parent)
+            if free is not None and free < LOW_SPACE:
+                raise disk_full_error(path.parent, path)
             raise H2GNetError(path, "cannot write PNG")
     return path

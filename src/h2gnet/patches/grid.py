@@ -23,9 +23,11 @@ import numpy as np
 
 from h2gnet import __version__
 from h2gnet.conventions import LOW_MPP, PATCH_MPP
-from h2gnet.errors import H2GNetError
+from h2gnet.errors import H2GNetError, failure_reason
 from h2gnet.io.annotations import load_annotation
 from h2gnet.io.atomic import atomic_path
+from h2gnet.io.canvas import check_canvas
+from h2gnet.io.lock import folder_lock
 from h2gnet.io.manifest import SlideEntry
 from h2gnet.io.raster import Raster
 from h2gnet.io.slides import MPP_RANGE, open_slide
@@ -91,6 +93,7 @@ def cell_fractions(mask: Raster, grid: PatchGrid) -> np.ndarray:
         raise ValueError(f"mask at {mask.mpp} µm/px is coarser than the {grid.cell_mpp} µm patch grid")
     ys = np.round(np.arange(rows + 1) * step).astype(np.int64)
     xs = np.round(np.arange(cols + 1) * step).astype(np.int64)
+    check_canvas((int(ys[-1]), int(xs[-1])), 9, None, f"the patch-grid fractions at {mask.mpp:g} µm/px")
     padded = np.zeros((int(ys[-1]), int(xs[-1])), dtype=np.uint8)
     src = mask.array[: padded.shape[0], : padded.shape[1]]
     padded[: src.shape[0], : src.shape[1]] = src
@@ -249,7 +252,8 @@ def index_slide(entry: SlideEntry, patch_size: int = PATCH_SIZE, patch_mpp: floa
         tumour = None
         if entry.annotation is not None:
             tumour = load_annotation(entry.annotation, slide.dimensions, slide.mpp, fraction_mpp,
-                                     classes=annotation_classes, mask_downsample=entry.annotation_downsample)
+                                     classes=annotation_classes, mask_downsample=entry.annotation_downsample,
+                                     tumour_free=entry.tumour_free)
         index = build_index(entry.slide, tissue, tumour, grid, min_tissue, min_tumour, entry.grade, entry.split)
         return index, tissue_area_mm2(tissue)
 
@@ -266,19 +270,32 @@ def index_cohort(entries: list[SlideEntry], index_dir: str | Path, *, overwrite:
     index_dir = Path(index_dir)
     rows: list[dict] = []
     failures: list[tuple[Path, str]] = []
-    for entry in tqdm(entries, desc="patch index", unit="slide", disable=not progress):
-        target = index_path(index_dir, entry.key)
-        try:
-            if target.exists() and not overwrite:
-                index, area = PatchIndex.load(target), float("nan")
+    with folder_lock(index_dir, "patches"):
+        for entry in tqdm(entries, desc="patch index", unit="slide", disable=not progress):
+            row, error = index_one(entry, index_dir, overwrite=overwrite, **kwargs)
+            if row is None:
+                failures.append((entry.slide, error or "failed"))
             else:
-                index, area = index_slide(entry, **kwargs)  # type: ignore[arg-type]
-                index.save(target)
-        except H2GNetError as exc:
-            failures.append((entry.slide, str(exc)))
-            continue
-        counts = index.counts()
-        rows.append({"slide": entry.key, "grade": entry.grade or "", "split": entry.split,
-                     "patches": len(index), **counts, "tissue_mm2": area})
+                rows.append(row)
     return rows, failures
 
+
+def index_one(entry: SlideEntry, index_dir: str | Path, *, overwrite: bool = False,
+              **kwargs: object) -> tuple[dict, None] | tuple[None, str]:
+    """Index one entry into ``index_dir``: (summary row, None), or (None, the reason it failed).
+
+    Any exception of this slide (``MemoryError``, malformed annotation geometry, …) is its failure,
+    never the cohort's; ``KeyboardInterrupt`` still stops the run.
+    """
+    target = index_path(index_dir, entry.key)
+    try:
+        if target.is_file() and not overwrite:
+            index, area = PatchIndex.load(target), float("nan")
+        else:
+            index, area = index_slide(entry, **kwargs)  # type: ignore[arg-type]
+            index.save(target)
+    except Exception as exc:  # one slide's failure, whatever it is, must not stop the cohort
+        return None, failure_reason(exc, entry.slide)
+    row = {"slide": entry.key, "grade": entry.grade or "", "split": entry.split, "patches": len(index),
+           **index.counts(), "tissue_mm2": area}
+    return row, None

@@ -73,16 +73,22 @@ def detect_tissue(slide: Slide, config: TissueConfig = TissueConfig(), *, requir
     return Raster(mask, config.mpp, slide.mpp)
 
 
-def otsu_tissue(slide: Slide, size: int = OTSU_SIZE) -> Raster:
+def otsu_tissue(slide: Slide, size: int = OTSU_SIZE, *, require: bool = True) -> Raster:
     """Design I baseline: whole slide resized to ``size``×``size``, Otsu on HSV saturation.
 
     The thumbnail is read at the resolution whose longer side is ``size`` px;
     the mask is mapped back to that thumbnail's (aspect-preserving) grid.
+    A blank slide (no saturation contrast: Otsu has nothing to split, or
+    nothing above the paper's threshold) raises :class:`H2GNetError` when
+    ``require``, as :func:`detect_tissue` does.
     """
     mpp = max(slide.dimensions) * slide.mpp / size
     thumb = slide.read_whole(mpp)
     square = cv2.resize(thumb, (size, size), interpolation=cv2.INTER_AREA)
     sat = saturation(square)
+    if require and int(sat.max()) <= SATURATION_THRESHOLD:
+        raise H2GNetError(slide.path, f"no tissue found: no pixel has HSV saturation > {SATURATION_THRESHOLD} "
+                                      "(blank slide, greyscale image, or a very faint stain?)")
     _, binary = cv2.threshold(sat, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     back = cv2.resize(binary, (thumb.shape[1], thumb.shape[0]), interpolation=cv2.INTER_NEAREST)
     return Raster(back.astype(bool), mpp, slide.mpp)

@@ -106,7 +106,8 @@ def write_figure4(out: Path, entries: list[SlideEntry], refined: tuple[str, str]
         with open_slide(e.slide, e.mpp) as slide:
             mpp = max(slide.extent_um()) / 512
             thumb = slide.read_whole(mpp)
-            truth = load_annotation(e.annotation, slide.dimensions, slide.mpp, mpp).array
+            truth = load_annotation(e.annotation, slide.dimensions, slide.mpp, mpp,
+                                    tumour_free=e.tumour_free).array
             heat_file = out / "heatmaps" / "mob" / f"{e.key}{HEATMAP_SUFFIX}"
             heat = None
             if heat_file.exists():  # nearest: one block per patch, as the classifier saw it

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 import h2gnet
 from h2gnet.errors import H2GNetError
-from h2gnet.io.atomic import atomic_path
+from h2gnet.io.atomic import atomic_path, is_disk_full
 from h2gnet.train.models.classifier import PatchClassifier, fold_input_scale
 
 DEFAULT_OPSET = 17
@@ -100,6 +100,8 @@ def _write_with_metadata(data: bytes, path: str | Path, metadata: Mapping[str, s
         try:
             onnx.save(proto, str(tmp))
         except OSError as exc:
+            if is_disk_full(exc, path.parent):
+                raise  # atomic_path turns it into the disk-full error
             raise H2GNetError(path, f"cannot write the ONNX model ({exc.strerror or exc})") from None
     return path
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from h2gnet.conventions import HEATMAP_SUFFIX, MODEL_FILE
 from h2gnet.errors import H2GNetError
-from h2gnet.infer.heatmap import load_heatmap
+from h2gnet.infer.heatmap import load_slide_heatmap
 from h2gnet.infer.refine_input import low_resolution, network_input, target_mask
 from h2gnet.io.annotations import load_annotation
 from h2gnet.io.manifest import SlideEntry, read_manifest, select
@@ -53,9 +53,9 @@ def load_sample(entry: SlideEntry, heatmap_dir: str | Path | None, size: int, *,
         if use_heatmap:
             if heatmap_dir is None:
                 raise H2GNetError(None, "this architecture needs heatmaps: give --heatmaps")
-            heat, _ = load_heatmap(Path(heatmap_dir) / f"{entry.key}{HEATMAP_SUFFIX}")
+            heat = load_slide_heatmap(Path(heatmap_dir) / f"{entry.key}{HEATMAP_SUFFIX}", slide)
         truth = load_annotation(entry.annotation, slide.dimensions, slide.mpp, low.mpp,
-                                mask_downsample=entry.annotation_downsample)
+                                mask_downsample=entry.annotation_downsample, tumour_free=entry.tumour_free)
     return Sample(entry.key, network_input(low, heat, size), target_mask(low, truth, size))
 
 

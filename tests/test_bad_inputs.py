@@ -1,0 +1,402 @@
+"""The bad-input corpus: every case is a file or option a careless or hostile user could give.
+
+Each case must end with exit status 2, ONE ``error:`` line naming the file (and the key or option),
+no traceback, and no output left behind (an empty output folder at most, no ``.part`` file).
+The files are generated here, small; the CLI runs in-process (``h2gnet.cli.main``).
+
+To add a case: append ``Case(id, build)`` to ``CASES`` where ``build(c, tmp)`` writes what it needs
+under ``tmp`` and returns ``(argv, [substrings the message must contain], output path)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import phantom_image, tumour_geojson, write_pyramid_tiff
+from h2gnet.cli import main
+
+pytest.importorskip("onnx")
+from tiny_models import tiny_patch_model, tiny_refiner
+
+SLIDE_W, SLIDE_H, SLIDE_MPP = 1024, 768, 0.5
+
+
+# -- the corpus's good files ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Corpus:
+    """Good inputs the bad cases start from (read-only: cases write under their own ``tmp``)."""
+
+    root: Path
+    slide: Path
+    geojson: Path
+    manifest: Path
+    patch_model: Path
+    refiner: Path
+    other_slide: Path
+
+    def manifest_with(self, tmp: Path, header: str = "slide,annotation,grade,split", row: str | None = None,
+                      name: str = "m.csv", text: str | None = None) -> Path:
+        """A manifest in ``tmp`` (paths absolute) with ``row`` (default: the good slide)."""
+        path = tmp / name
+        if text is None:
+            row = row if row is not None else f"{self.slide},{self.geojson},2,test"
+            text = f"{header}\n{row}\n"
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    def annotated(self, tmp: Path, doc: object | str, extra: str = "") -> Path:
+        """A one-slide manifest whose annotation is ``doc`` (JSON-dumped unless a str)."""
+        ann = tmp / "ann.geojson"
+        ann.write_text(doc if isinstance(doc, str) else json.dumps(doc), encoding="utf-8")
+        header = "slide,annotation,grade,split" + (",no_tumour" if extra else "")
+        return self.manifest_with(tmp, header, f"{self.slide},{ann},2,test" + (f",{extra}" if extra else ""))
+
+    def predictions(self, tmp: Path, slide: Path | None = None) -> Path:
+        """A folder holding a valid prediction mask for the good slide (of ``slide``'s extent if given)."""
+        from h2gnet.io.raster import Raster
+        from h2gnet.io.slides import open_slide
+        from h2gnet.outputs.mask_tiff import write_mask_tiff
+
+        folder = tmp / "pred"
+        with open_slide(slide or self.slide) as s:
+            rows, cols = s.shape_at(8.0)
+            write_mask_tiff(folder / f"{self.slide.stem}.mask.tiff",
+                            Raster(np.ones((rows, cols), bool), 8.0, s.mpp), s.dimensions)
+        return folder
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Corpus:
+    root = tmp_path_factory.mktemp("corpus")
+    img, _ = phantom_image(SLIDE_W, SLIDE_H)
+    slide = write_pyramid_tiff(root / "good.tiff", img, SLIDE_MPP, downsamples=(1, 4))
+    other = write_pyramid_tiff(root / "other.tiff", phantom_image(2 * SLIDE_W, SLIDE_H, seed=1)[0], SLIDE_MPP,
+                               downsamples=(1, 4))
+    ann = tumour_geojson(root / "good.geojson", (SLIDE_W / 2, SLIDE_H / 2), SLIDE_H * 0.15)
+    manifest = root / "manifest.csv"
+    manifest.write_text("slide,annotation,grade,split\ngood.tiff,good.geojson,2,test\n")
+    return Corpus(root, slide, ann, manifest, tiny_patch_model(root / "patch.onnx"), tiny_refiner(root / "refine.onnx"),
+                  other)
+
+
+Build = Callable[[Corpus, Path], tuple[list[str], list[str], Path]]
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    build: Build
+
+
+def _seg(c: Corpus, tmp: Path, *extra: str, slide: Path | None = None) -> list[str]:
+    return ["segment", str(slide or c.slide), "-o", str(tmp / "out"), *extra]
+
+
+def huge_header_tiff(path: Path, side: int = 10**6, tile: int = 4096, mpp: float = 0.25) -> Path:
+    """A ~0.5 MB tiled RGB TIFF whose header claims ``side``×``side`` px (every tile points at 1 byte)."""
+    import struct
+
+    n = (-(-side // tile)) ** 2
+    off_counts = 8 + 4 * n
+    off_bps = off_counts + 4 * n
+    off_xres, off_yres = off_bps + 6, off_bps + 14
+    off_tile = off_yres + 8
+    ifd = off_tile + 16
+    tags = [(256, 4, 1, side), (257, 4, 1, side), (258, 3, 3, off_bps), (259, 3, 1, 1), (262, 3, 1, 2),
+            (277, 3, 1, 3), (282, 5, 1, off_xres), (283, 5, 1, off_yres), (284, 3, 1, 1), (296, 3, 1, 3),
+            (322, 3, 1, tile), (323, 3, 1, tile), (324, 4, n, 8), (325, 4, n, off_counts)]
+    out = bytearray(b"II*\x00" + struct.pack("<I", ifd))
+    out += struct.pack(f"<{n}I", *([off_tile] * n)) + struct.pack(f"<{n}I", *([1] * n))
+    out += struct.pack("<3H", 8, 8, 8) + struct.pack("<II", round(1e4 / mpp), 1) * 2 + b"\x00" * 16
+    out += struct.pack("<H", len(tags))
+    for tag, typ, count, value in tags:
+        packed = struct.pack("<HH", value, 0) if typ == 3 and count == 1 else struct.pack("<I", value)
+        out += struct.pack("<HHI", tag, typ, count) + packed
+    path.write_bytes(bytes(out + struct.pack("<I", 0)))
+    return path
+
+
+def truncated_copy(src: Path, dst: Path, fraction: float = 0.5) -> Path:
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * fraction)])
+    return dst
+
+
+def _then(*_effects: object) -> None:
+    """Marks the file-making steps at the start of a case (their values are ignored)."""
+
+
+def _loop(tmp: Path) -> Path:
+    loop = tmp / "loop.tiff"
+    os.symlink(loop, loop)
+    return loop
+
+
+CASES: list[Case] = [
+    # -- tissue ----------------------------------------------------------------------------------
+    Case("tissue-missing-slide", lambda c, t: (
+        ["tissue", str(t / "nope.tiff"), "-o", str(t / "out" / "m.png")], ["nope.tiff", "no such file"], t / "out")),
+    Case("tissue-garbage-slide", lambda c, t: (
+        _then((t / "bad.tiff").write_bytes(b"\x00" * 64)),
+        ["tissue", str(t / "bad.tiff"), "-o", str(t / "out" / "m.png")], ["bad.tiff"], t / "out")),
+    Case("tissue-slide-is-folder", lambda c, t: (
+        _then((t / "dir.tiff").mkdir()),
+        ["tissue", str(t / "dir.tiff"), "-o", str(t / "out" / "m.png")], ["dir.tiff", "folder"], t / "out")),
+    Case("tissue-no-mpp", lambda c, t: (
+        ["tissue", str(write_pyramid_tiff(t / "nompp.tiff", phantom_image(256, 256)[0], None)),
+         "-o", str(t / "out" / "m.png")], ["nompp.tiff", "--mpp"], t / "out")),
+    Case("tissue-mpp-zero", lambda c, t: (
+        ["tissue", str(c.slide), "--mpp", "0", "-o", str(t / "out" / "m.png")], ["good.tiff", "µm/px"], t / "out")),
+    Case("tissue-mpp-nan", lambda c, t: (
+        ["tissue", str(c.slide), "--mpp", "nan", "-o", str(t / "out" / "m.png")], ["good.tiff", "µm/px"], t / "out")),
+    Case("tissue-bad-suffix", lambda c, t: (
+        ["tissue", str(c.slide), "-o", str(t / "out" / "m.jpg")], ["m.jpg", ".png"], t / "out")),
+    Case("tissue-blank-slide", lambda c, t: (
+        ["tissue", str(write_pyramid_tiff(t / "blank.tiff", np.full((512, 512, 3), 250, np.uint8), 0.5)),
+         "-o", str(t / "out" / "m.png")], ["blank.tiff", "no tissue"], t / "out")),
+    Case("tissue-symlink-loop", lambda c, t: (
+        ["tissue", str(_loop(t)), "-o", str(t / "out" / "m.png")], ["loop.tiff"], t / "out")),
+    Case("tissue-huge-header", lambda c, t: (
+        ["tissue", str(huge_header_tiff(t / "huge.tiff")), "-o", str(t / "out" / "m.png")],
+        ["huge.tiff", "250 mm"], t / "out")),
+    Case("tissue-mpp-100", lambda c, t: (
+        ["tissue", str(c.slide), "--mpp", "100", "-o", str(t / "out" / "m.png")], ["good.tiff", "mm"], t / "out")),
+    Case("tissue-canvas-over-limit", lambda c, t: (
+        ["--max-canvas-gb", "1e-7", "tissue", str(c.slide), "-o", str(t / "out" / "m.png")],
+        ["good.tiff", "GB limit"], t / "out")),
+    Case("tissue-max-canvas-negative", lambda c, t: (
+        ["--max-canvas-gb", "-1", "tissue", str(c.slide), "-o", str(t / "out" / "m.png")],
+        ["--max-canvas-gb"], t / "out")),
+    Case("tissue-output-is-a-folder", lambda c, t: (
+        _then((t / "out" / "m.png").mkdir(parents=True)),
+        ["tissue", str(c.slide), "-o", str(t / "out" / "m.png")], ["m.png", "folder"], t / "out" / "m.png")),
+    Case("tissue-otsu-blank-slide", lambda c, t: (
+        ["tissue", str(write_pyramid_tiff(t / "blank.tiff", np.full((512, 512, 3), 250, np.uint8), 0.5)),
+         "--method", "otsu", "-o", str(t / "out" / "m.png")], ["blank.tiff", "no tissue"], t / "out")),
+    Case("tissue-truncated-tiff", lambda c, t: (
+        ["tissue", str(truncated_copy(c.slide, t / "cut.tiff")), "-o", str(t / "out" / "m.png")],
+        ["cut.tiff", "truncated"], t / "out")),
+    # -- patches ---------------------------------------------------------------------------------
+    Case("patches-missing-manifest", lambda c, t: (
+        ["patches", str(t / "none.csv"), "-o", str(t / "out")], ["none.csv", "no such manifest"], t / "out")),
+    Case("patches-missing-column", lambda c, t: (
+        ["patches", str(c.manifest_with(t, "slide,grade,split", f"{c.slide},2,test")), "-o", str(t / "out")],
+        ["m.csv", "annotation"], t / "out")),
+    Case("patches-grade-4", lambda c, t: (
+        ["patches", str(c.manifest_with(t, row=f"{c.slide},{c.geojson},4,test")), "-o", str(t / "out")],
+        ["m.csv", "grade"], t / "out")),
+    Case("patches-split-bad", lambda c, t: (
+        ["patches", str(c.manifest_with(t, row=f"{c.slide},{c.geojson},2,testing")), "-o", str(t / "out")],
+        ["m.csv", "split"], t / "out")),
+    Case("patches-mpp-not-number", lambda c, t: (
+        ["patches", str(c.manifest_with(t, "slide,annotation,grade,split,mpp", f"{c.slide},{c.geojson},2,test,abc")),
+         "-o", str(t / "out")], ["m.csv", "mpp"], t / "out")),
+    Case("patches-listed-file-missing", lambda c, t: (
+        ["patches", str(c.manifest_with(t, row=f"{t / 'gone.tiff'},,2,test")), "-o", str(t / "out")],
+        ["m.csv", "gone.tiff"], t / "out")),
+    Case("patches-duplicate-slide", lambda c, t: (
+        ["patches", str(c.manifest_with(
+            t, text=f"slide,annotation,grade,split\n{c.slide},,2,test\n{c.slide},,2,test\n")),
+         "-o", str(t / "out")], ["m.csv", "more than once"], t / "out")),
+    Case("patches-no-rows", lambda c, t: (
+        ["patches", str(c.manifest_with(t, text="slide,annotation,grade,split\n")), "-o", str(t / "out")],
+        ["m.csv", "no slides"], t / "out")),
+    Case("patches-manifest-binary", lambda c, t: (
+        _then((t / "m.csv").write_bytes(b"\xff\xfe\x00bad")),
+        ["patches", str(t / "m.csv"), "-o", str(t / "out")], ["m.csv"], t / "out")),
+    # -- segment ---------------------------------------------------------------------------------
+    Case("segment-missing-slide-glob", lambda c, t: (
+        _seg(c, t, "--no-refine", "--patch-model", str(c.patch_model), slide=t / "*.svs"),
+        ["*.svs", "matches no file"], t / "out")),
+    Case("segment-no-refine-choice", lambda c, t: (
+        _seg(c, t, "--patch-model", str(c.patch_model)), ["--refine-model", "--no-refine"], t / "out")),
+    Case("segment-no-refine-without-patch-model", lambda c, t: (
+        _seg(c, t, "--no-refine"), ["--no-refine", "--patch-model"], t / "out")),
+    Case("segment-patch-model-missing", lambda c, t: (
+        _seg(c, t, "--no-refine", "--patch-model", str(t / "none.onnx")), ["none.onnx", "no such model"], t / "out")),
+    Case("segment-patch-model-garbage", lambda c, t: (
+        _then((t / "bad.onnx").write_bytes(b"garbage")),
+        _seg(c, t, "--no-refine", "--patch-model", str(t / "bad.onnx")), ["bad.onnx", "ONNX"], t / "out")),
+    Case("segment-models-swapped", lambda c, t: (
+        _seg(c, t, "--patch-model", str(c.refiner), "--refine-model", str(c.patch_model)),
+        ["refine.onnx", "patch-classifier"], t / "out")),
+    Case("segment-duplicate-names", lambda c, t: (
+        _then((t / "b").mkdir(), (t / "b" / "good.tiff").write_bytes(c.slide.read_bytes())),
+        ["segment", str(c.slide), str(t / "b" / "good.tiff"), "-o", str(t / "out"), "--no-refine",
+         "--patch-model", str(c.patch_model)], ["good"], t / "out")),
+    Case("segment-output-is-a-file", lambda c, t: (
+        _then((t / "out").write_text("x")),
+        _seg(c, t, "--no-refine", "--patch-model", str(c.patch_model)), ["out", "not writable"], t / "nothing")),
+    Case("segment-refiner-5-channels", lambda c, t: (
+        _seg(c, t, "--patch-model", str(c.patch_model), "--refine-model",
+             str(tiny_refiner(t / "r5.onnx", channels=5))), ["r5.onnx", "channels"], t / "out")),
+    Case("segment-symlink-loop", lambda c, t: (
+        _seg(c, t, "--no-refine", "--patch-model", str(c.patch_model), slide=_loop(t)),
+        ["loop.tiff", "symlink loop"], t / "out")),
+    Case("patches-symlink-loop", lambda c, t: (
+        ["patches", str(c.manifest_with(t, row=f"{_loop(t)},,2,test")), "-o", str(t / "out")],
+        ["m.csv", "symlink loop"], t / "out")),
+    # -- heatmap ---------------------------------------------------------------------------------
+    Case("heatmap-missing-manifest", lambda c, t: (
+        ["heatmap", str(t / "none.csv"), "-o", str(t / "out"), "--patch-model", str(c.patch_model)],
+        ["none.csv"], t / "out")),
+    Case("heatmap-model-is-refiner", lambda c, t: (
+        ["heatmap", str(c.manifest), "-o", str(t / "out"), "--patch-model", str(c.refiner)],
+        ["refine.onnx", "patch-classifier"], t / "out")),
+    Case("heatmap-output-is-a-file", lambda c, t: (
+        _then((t / "out").write_text("x")),
+        ["heatmap", str(c.manifest), "-o", str(t / "out"), "--patch-model", str(c.patch_model)],
+        ["out", "not writable"], t / "nothing")),
+    # -- evaluate --------------------------------------------------------------------------------
+    Case("evaluate-no-prediction", lambda c, t: (
+        ["evaluate", str(c.manifest), "--predictions", str(t / "pred"), "-o", str(t / "out")],
+        ["pred", "no prediction"], t / "out")),
+    Case("evaluate-no-annotated-slide", lambda c, t: (
+        ["evaluate", str(c.manifest_with(t, row=f"{c.slide},,2,test")), "--predictions", str(t / "pred"),
+         "-o", str(t / "out")], ["no annotated"], t / "out")),
+    Case("evaluate-mask-garbage", lambda c, t: (
+        _then((t / "pred").mkdir(), (t / "pred" / "good.mask.tiff").write_bytes(b"II*\x00bad")),
+        ["evaluate", str(c.manifest), "--predictions", str(t / "pred"), "-o", str(t / "out")],
+        ["good.mask.tiff"], t / "out")),
+    Case("evaluate-geojson-invalid-json", lambda c, t: (
+        ["evaluate", str(c.annotated(t, "{not json")), "--predictions", str(c.predictions(t)),
+         "-o", str(t / "out")], ["ann.geojson", "JSON"], t / "out")),
+    Case("evaluate-geojson-outside-slide", lambda c, t: (
+        ["evaluate", str(c.annotated(t, {"type": "Polygon", "coordinates": [[[0, 0], [9e5, 0], [9e5, 9e5], [0, 0]]]})),
+         "--predictions", str(c.predictions(t)), "-o", str(t / "out")], ["ann.geojson", "outside"], t / "out")),
+    Case("evaluate-geojson-ring-not-numbers", lambda c, t: (
+        ["evaluate", str(c.annotated(t, {"type": "Polygon", "coordinates": [[["a", "b"], [1, 2], [3, 4]]]})),
+         "--predictions", str(c.predictions(t)), "-o", str(t / "out")], ["ann.geojson", "ring"], t / "out")),
+    Case("evaluate-mask-of-another-slide", lambda c, t: (
+        ["evaluate", str(c.manifest), "--predictions", str(c.predictions(t, slide=c.other_slide)),
+         "-o", str(t / "out")], ["good.mask.tiff", "another slide"], t / "out")),
+    *[Case(f"evaluate-geojson-{name}", lambda c, t, doc=doc, key=key: (
+        ["evaluate", str(c.annotated(t, doc)), "--predictions", str(c.predictions(t)), "-o", str(t / "out")],
+        ["ann.geojson", key], t / "out")) for name, doc, key in [
+        ("hello-world", {"hello": "world"}, "type None"),
+        ("features-not-list", {"type": "FeatureCollection", "features": 5}, "'features'"),
+        ("feature-not-object", {"type": "FeatureCollection", "features": [5]}, "features[0]"),
+        ("geometry-not-object", {"type": "FeatureCollection", "features": [
+            {"type": "Feature", "geometry": "abc", "properties": {}}]}, "features[0].geometry"),
+        ("coordinates-not-list", {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": 5}},
+         "'coordinates'"),
+        ("multipolygon-not-rings", {"type": "MultiPolygon", "coordinates": [5]}, "coordinates[0]"),
+        ("unknown-geometry", {"type": "Feature", "geometry": {"type": "Circle", "coordinates": []}}, "'Circle'"),
+        ("geometries-not-list", {"type": "GeometryCollection", "geometries": {}}, "'geometries'"),
+        ("deep-nesting", "[" * 100000 + "]" * 100000, "nested"),
+        ("deep-collections", {"type": "Feature", "geometry": json.loads(
+            '{"type":"GeometryCollection","geometries":[' * 40 + ']}' * 40)}, "nested"),
+        ("points-only", {"type": "Point", "coordinates": [1, 2]}, "no valid tumour polygon"),
+        ("empty-collection", {"type": "FeatureCollection", "features": []}, "tumour_free"),
+        ("two-point-ring", {"type": "Polygon", "coordinates": [[[0, 0], [5, 5]]]}, "no valid tumour polygon"),
+        ("nan-coordinates", '{"type": "Polygon", "coordinates": [[[0, 0], [NaN, 5], [5, 0], [0, 0]]]}',
+         "non-finite"),
+        ("bool-coordinates", {"type": "Polygon", "coordinates": [[[True, 0], [5, 5], [5, 0]]]}, "ring 0"),
+        ("top-level-number", "5", "not a GeoJSON object"),
+    ]],
+    Case("evaluate-geojson-not-utf8", lambda c, t: (
+        _then((t / "ann.geojson").write_bytes(b"\xff\xfe\xfa")),
+        ["evaluate", str(c.manifest_with(t, row=f"{c.slide},{t / 'ann.geojson'},2,test")),
+         "--predictions", str(c.predictions(t)), "-o", str(t / "out")], ["ann.geojson", "cannot be read"], t / "out")),
+    Case("evaluate-tumour-free-but-polygons", lambda c, t: (
+        ["evaluate", str(c.manifest_with(t, "slide,annotation,grade,split,tumour_free",
+                                         f"{c.slide},{c.geojson},2,test,yes")),
+         "--predictions", str(c.predictions(t)), "-o", str(t / "out")], ["good.geojson", "tumour_free"], t / "out")),
+    Case("evaluate-annotation-is-folder", lambda c, t: (
+        _then((t / "dir.geojson").mkdir()),
+        ["evaluate", str(c.manifest_with(t, row=f"{c.slide},{t / 'dir.geojson'},2,test")),
+         "--predictions", str(c.predictions(t)), "-o", str(t / "out")], ["dir.geojson", "folder"], t / "out")),
+    # -- manifest values ---------------------------------------------------------------------------
+    *[Case(f"manifest-{name}", lambda c, t, header=header, row=row, key=key: (
+        ["patches", str(c.manifest_with(t, header, row.format(s=c.slide, a=c.geojson))), "-o", str(t / "out")],
+        ["m.csv", key], t / "out")) for name, header, row, key in [
+        ("grade-2.7", "slide,annotation,grade,split", "{s},{a},2.7,test", "grade"),
+        ("grade-nan", "slide,annotation,grade,split", "{s},{a},nan,test", "grade"),
+        ("downsample-0", "slide,annotation,grade,split,annotation_downsample", "{s},{a},2,test,0",
+         "annotation_downsample"),
+        ("downsample-negative", "slide,annotation,grade,split,annotation_downsample", "{s},{a},2,test,-4",
+         "annotation_downsample"),
+        ("downsample-nan", "slide,annotation,grade,split,annotation_downsample", "{s},{a},2,test,nan",
+         "annotation_downsample"),
+        ("mpp-zero", "slide,annotation,grade,split,mpp", "{s},{a},2,test,0", "mpp"),
+        ("mpp-inf", "slide,annotation,grade,split,mpp", "{s},{a},2,test,inf", "mpp"),
+        ("tumour-free-maybe", "slide,annotation,grade,split,tumour_free", "{s},{a},2,test,maybe", "tumour_free"),
+    ]],
+    # -- models ----------------------------------------------------------------------------------
+    *[Case(f"segment-model-mpp-{label}", lambda c, t, value=value: (
+        _seg(c, t, "--no-refine", "--patch-model", str(tiny_patch_model(t / "p.onnx", metadata={"mpp": value}))),
+        ["p.onnx", "'mpp'"], t / "out")) for label, value in [("0", "0"), ("-1", "-1"), ("nan", "nan"),
+                                                              ("abc", "abc")]],
+    Case("segment-model-one-column", lambda c, t: (
+        _seg(c, t, "--no-refine", "--patch-model", str(tiny_patch_model(t / "p.onnx", columns=1))),
+        ["p.onnx", "classes >= 2"], t / "out")),
+    Case("segment-refiner-one-class", lambda c, t: (
+        _seg(c, t, "--patch-model", str(c.patch_model), "--refine-model", str(tiny_refiner(t / "r.onnx", classes=1))),
+        ["r.onnx", "classes >= 2"], t / "out")),
+    Case("heatmap-model-one-column", lambda c, t: (
+        ["heatmap", str(c.manifest), "-o", str(t / "out"), "--patch-model",
+         str(tiny_patch_model(t / "p.onnx", columns=1))], ["p.onnx", "classes >= 2"], t / "out")),
+    # -- training and the other commands ------------------------------------------------------
+    Case("train-patch-missing-manifest", lambda c, t: (
+        ["train-patch", str(t / "none.csv"), "--index", str(t / "idx"), "-o", str(t / "out")], ["none.csv"],
+        t / "out")),
+    Case("train-refine-missing-manifest", lambda c, t: (
+        ["train-refine", str(t / "none.csv"), "-o", str(t / "out")], ["none.csv"], t / "out")),
+    Case("cluster-missing-manifest", lambda c, t: (
+        ["cluster", str(t / "none.csv"), "--index", str(t / "idx"), "-o", str(t / "out")], ["none.csv"], t / "out")),
+    Case("quantize-missing-model", lambda c, t: (
+        ["quantize", str(t / "none.onnx"), str(c.manifest), "--index", str(t / "idx"), "-o", str(t / "out" / "q.onnx")],
+        ["none.onnx"], t / "out")),
+    Case("export-fast-missing-run", lambda c, t: (
+        ["export-fast", str(t / "norun"), "-o", str(t / "out")], ["norun"], t / "out")),
+]
+
+
+def _no_output_left(out: Path, tmp: Path) -> None:
+    if out.exists():
+        assert out.is_dir() and not any(out.iterdir()), f"output left in {out}: {sorted(out.iterdir())}"
+    assert not [p for p in tmp.rglob("*") if ".part" in p.name], "temporary files left behind"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_one_clear_error(case: Case, corpus: Corpus, tmp_path: Path, capsys) -> None:
+    built = case.build(corpus, tmp_path)
+    argv, wanted, out = built[-3:]  # a case may start with _then(file-making steps)
+    capsys.readouterr()
+    code = main(["-q", *argv])
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if not line.startswith("warning:")]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for text in wanted:
+        assert text in lines[0], f"{text!r} not in {lines[0]!r}"
+    _no_output_left(out, tmp_path)
+
+
+def test_corpus_is_large_enough() -> None:
+    assert len(CASES) >= 60
+
+
+def test_geojson_and_manifest_with_byte_order_mark_are_read(corpus: Corpus, tmp_path: Path) -> None:
+    ann = tmp_path / "bom.geojson"
+    ann.write_bytes(b"\xef\xbb\xbf" + corpus.geojson.read_bytes())
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes(b"\xef\xbb\xbf" + f"slide,annotation,grade,split\n{corpus.slide},{ann},2,test\n".encode())
+    assert main(["-q", "evaluate", str(manifest), "--predictions", str(corpus.predictions(tmp_path)),
+                 "-o", str(tmp_path / "out")]) == 0
+
+
+def test_tumour_free_slide_with_empty_annotation_is_evaluated(corpus: Corpus, tmp_path: Path) -> None:
+    ann = tmp_path / "empty.geojson"
+    ann.write_text(json.dumps({"type": "FeatureCollection", "features": []}))
+    manifest = corpus.manifest_with(tmp_path, "slide,annotation,grade,split,tumour_free",
+                                    f"{corpus.slide},{ann},,test,yes")
+    assert main(["-q", "evaluate", str(manifest), "--predictions", str(corpus.predictions(tmp_path)),
+                 "-o", str(tmp_path / "out")]) == 0
