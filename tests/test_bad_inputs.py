@@ -153,9 +153,9 @@ CASES: list[Case] = [
         ["tissue", str(write_pyramid_tiff(t / "nompp.tiff", phantom_image(256, 256)[0], None)),
          "-o", str(t / "out" / "m.png")], ["nompp.tiff", "--mpp"], t / "out")),
     Case("tissue-mpp-zero", lambda c, t: (
-        ["tissue", str(c.slide), "--mpp", "0", "-o", str(t / "out" / "m.png")], ["good.tiff", "µm/px"], t / "out")),
+        ["tissue", str(c.slide), "--mpp", "0", "-o", str(t / "out" / "m.png")], ["--mpp", "µm/px"], t / "out")),
     Case("tissue-mpp-nan", lambda c, t: (
-        ["tissue", str(c.slide), "--mpp", "nan", "-o", str(t / "out" / "m.png")], ["good.tiff", "µm/px"], t / "out")),
+        ["tissue", str(c.slide), "--mpp", "nan", "-o", str(t / "out" / "m.png")], ["--mpp", "µm/px"], t / "out")),
     Case("tissue-bad-suffix", lambda c, t: (
         ["tissue", str(c.slide), "-o", str(t / "out" / "m.jpg")], ["m.jpg", ".png"], t / "out")),
     Case("tissue-blank-slide", lambda c, t: (
