@@ -22,6 +22,7 @@ from h2gnet.errors import H2GNetError
 from h2gnet.evaluation.predictions import EvaluateConfig, evaluate_predictions, write_evaluation
 from h2gnet.evaluation.summary import print_table
 from h2gnet.fast.fpl import FAST_TISSUE_THRESHOLD, TISSUE_THRESHOLD_RULE, export_fast, split_models
+from h2gnet.infer.adaptive import AdaptiveConfig
 from h2gnet.infer.heatmap import heatmap_cohort
 from h2gnet.infer.quantize import QuantizeConfig, quantize_patch_model
 from h2gnet.infer.segment import Models, SegmentConfig, check_writable, segment_many
@@ -29,7 +30,7 @@ from h2gnet.io.atomic import DISK_FULL_ERRNOS, disk_full_error, write_bytes
 from h2gnet.io.manifest import read_manifest, select
 from h2gnet.io.slides import SLIDE_MPP_RULE, open_slide
 from h2gnet.io.text_table import format_rows
-from h2gnet.params import ParameterError, add_param, add_rule_option
+from h2gnet.params import ParameterError, add_param, add_rule_option, default_of, rule_of
 from h2gnet.patches.grid import PATCH_MPP_RULE, PATCH_SIZE, PATCH_SIZE_RULE, index_cohort
 from h2gnet.patches.tissue import detect_tissue, otsu_tissue, tissue_area_mm2
 from h2gnet.synth import CohortConfig, make_cohort
@@ -197,12 +198,18 @@ def _add_stage1(sub: argparse._SubParsersAction) -> None:
 
 
 # -- stage 2 and inference ----------------------------------------------------------------
+def _adaptive_config(args: argparse.Namespace) -> AdaptiveConfig | None:
+    if not args.adaptive:
+        return None
+    return AdaptiveConfig(stride=args.stride, low=args.uncertain[0], high=args.uncertain[1])
+
+
 def _segment_config(args: argparse.Namespace, refine: Path | None):
 
     return SegmentConfig(patch_model=args.patch_model, refine_model=refine,
                          heatmap_dir=getattr(args, "heatmaps", None), device=args.device, precision=args.precision,
                          threads=args.threads, batch_size=args.batch_size, readers=args.readers,
-                         progress=not args.quiet)
+                         progress=not args.quiet, adaptive=_adaptive_config(args))
 
 
 def _cmd_heatmap(args: argparse.Namespace) -> int:
@@ -278,11 +285,28 @@ def _add_inference_options(p: argparse.ArgumentParser, *, patch_required: bool =
     _add_engine_options(p)
 
 
+def _add_adaptive_options(p: argparse.ArgumentParser, *, adaptive: bool) -> None:
+    """--adaptive / --dense and the coarse-to-fine settings (defaults and rules: :class:`AdaptiveConfig`'s)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--adaptive", dest="adaptive", action="store_true", default=adaptive,
+                   help="coarse-to-fine: classify a sparse lattice of patches, then only where the result could "
+                        "change (uncertain or disagreeing neighbours), fill the rest" + (" (default)" if adaptive
+                                                                                         else ""))
+    g.add_argument("--dense", dest="adaptive", action="store_false",
+                   help="classify every tissue patch" + ("" if adaptive else " (default)"))
+    add_param(p, AdaptiveConfig, "stride")
+    low, high = default_of(AdaptiveConfig, "low"), default_of(AdaptiveConfig, "high")
+    p.add_argument("--uncertain", type=rule_of(AdaptiveConfig, "low").parse, nargs=2, default=(low, high),
+                   metavar=("LOW", "HIGH"), help=f"adaptive: tumour probabilities strictly between LOW and HIGH "
+                                                 f"are uncertain (default {low:g} {high:g})")
+
+
 def _add_stage2(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("heatmap", help="stage-1 tumour heatmaps of a cohort's slides")
     p.add_argument("manifest", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True, help="heatmap folder (NAME.heatmap.tiff)")
     _add_inference_options(p)
+    _add_adaptive_options(p, adaptive=False)  # heatmaps are train-refine's input: dense unless asked
     p.set_defaults(func=_cmd_heatmap)
 
     p = sub.add_parser("train-refine", help="train the refinement network on low-res slides + heatmaps")
@@ -306,6 +330,7 @@ def _add_stage2(sub: argparse._SubParsersAction) -> None:
     add_rule_option(p, SLIDE_MPP_RULE, "--mpp")
     p.add_argument("--heatmaps", type=Path, default=None, help="reuse stage-1 heatmaps from this folder")
     _add_inference_options(p, patch_required=False)
+    _add_adaptive_options(p, adaptive=SegmentConfig(patch_model=None).adaptive is not None)
     p.set_defaults(func=_cmd_segment)
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from h2gnet.cohort import Engine, SlideTask, StatusTable, slide_threads
 from h2gnet.conventions import HEATMAP_SUFFIX, STATUS_FILE
 from h2gnet.errors import H2GNetError
+from h2gnet.infer.adaptive import AdaptiveConfig, adaptive_values
 from h2gnet.infer.runtime import OnnxModel, check_probabilities
 from h2gnet.io.atomic import atomic_path
 from h2gnet.io.canvas import check_canvas
@@ -42,10 +43,13 @@ READERS_RULE = Rule(int, low=1, high=64, help="patch-reading threads")
 
 @dataclass
 class HeatmapStats:
-    """What a heatmap run did: patch count and seconds per stage."""
+    """What a heatmap run did: patches classified, tissue patches, seconds per stage, and for an adaptive
+    run the patches classified per round."""
 
     patches: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    tissue_patches: int = 0
+    rounds: list[int] = field(default_factory=list)
 
 
 def patch_grid_for(slide: Slide, model: OnnxModel) -> PatchGrid:
@@ -88,31 +92,53 @@ def patch_batches(slide: Slide, xs: np.ndarray, ys: np.ndarray, size: int, mpp: 
             yield s, fut.result()
 
 
-def compute_heatmap(slide: Slide, model: OnnxModel, tissue: Raster, min_tissue: float = MIN_TISSUE,
+def compute_heatmap(slide: Slide, model: OnnxModel, tissue: Raster, min_tissue: float = MIN_TISSUE,  # noqa: PLR0913
                     batch_size: int = 16, readers: int = 2, *, progress: bool = True,
-                    stats: HeatmapStats | None = None) -> Raster:
-    """Tumour-probability heatmap (float32, one pixel per patch; 0 where no patch was classified)."""
+                    stats: HeatmapStats | None = None, adaptive: AdaptiveConfig | None = None) -> Raster:
+    """Tumour-probability heatmap (float32, one pixel per patch; 0 where no tissue patch is).
+
+    ``adaptive`` None classifies every tissue patch (dense); otherwise only the patches the coarse-to-fine
+    evaluation picks are read and classified, the others filled from them (:mod:`h2gnet.infer.adaptive`).
+    """
     from tqdm.auto import tqdm
 
     grid = patch_grid_for(slide, model)
     t0 = time.perf_counter()
-    rows, cols, xs, ys = tissue_patches(grid, tissue, min_tissue)
+    rows, cols, _, _ = tissue_patches(grid, tissue, min_tissue)
     heat = np.zeros(grid.shape, np.float32)
     if len(rows) == 0:
         raise H2GNetError(slide.path, f"no patch has more than {min_tissue:.0%} tissue; nothing to classify")
     tumour_col = model.classes.index("tumour") if "tumour" in model.classes else -1
     t_infer = 0.0
     with tqdm(total=len(rows), desc=f"heatmap {slide.name}", unit="patch", disable=not progress) as bar:
-        for start, batch in patch_batches(slide, xs, ys, model.input_size, model.mpp, batch_size, readers,
-                                     prefetch=max(2, readers * 2)):
-            t1 = time.perf_counter()
-            probs = check_probabilities(model(batch), model.path, slide.path)
-            t_infer += time.perf_counter() - t1
-            sel = slice(start, start + len(batch))
-            heat[rows[sel], cols[sel]] = probs[:, tumour_col]
-            bar.update(len(batch))
+
+        def classify(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+            nonlocal t_infer
+            x, y = grid.locations(r, c)
+            out = np.empty(len(r), np.float32)
+            for start, batch in patch_batches(slide, x, y, model.input_size, model.mpp, batch_size, readers,
+                                              prefetch=max(2, readers * 2)):
+                t1 = time.perf_counter()
+                out[start:start + len(batch)] = check_probabilities(model(batch), model.path, slide.path)[:, tumour_col]
+                t_infer += time.perf_counter() - t1
+                bar.update(len(batch))
+            return out
+
+        if adaptive is None:
+            heat[rows, cols] = classify(rows, cols)
+            classified, rounds = len(rows), [len(rows)]
+        else:
+            cells = np.zeros(grid.shape, bool)
+            cells[rows, cols] = True
+            result = adaptive_values(cells, classify, adaptive)
+            heat = result.values
+            classified, rounds = int(np.count_nonzero(result.classified)), result.rounds
+            bar.total = classified
+            bar.refresh()
     if stats is not None:
-        stats.patches = int(len(rows))
+        stats.patches = classified
+        stats.tissue_patches = len(rows)
+        stats.rounds = rounds
         stats.seconds["heatmap"] = time.perf_counter() - t0
         stats.seconds["inference"] = t_infer
     return Raster(heat, grid.cell_mpp, slide.mpp)
@@ -121,11 +147,13 @@ def compute_heatmap(slide: Slide, model: OnnxModel, tissue: Raster, min_tissue: 
 @dataclass(frozen=True)
 class HeatmapSettings:
     """How a cohort's heatmaps are computed: ``min_tissue`` (fraction of a patch), patches per
-    ``batch_size``, patch-reading threads (``readers``); checked when made."""
+    ``batch_size``, patch-reading threads (``readers``); ``adaptive`` None (dense, the default: heatmaps
+    are the refiner's training input) or the coarse-to-fine settings; checked when made."""
 
     min_tissue: float = param(MIN_TISSUE, MIN_TISSUE_RULE)
     batch_size: int = param(16, BATCH_SIZE_RULE)
     readers: int = param(2, READERS_RULE)
+    adaptive: AdaptiveConfig | None = None
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -159,7 +187,7 @@ def heatmap_task(cache: dict, job: HeatmapJob) -> tuple[str, str]:
     with open_slide(job.slide, job.mpp) as s:
         opts = job.settings
         heat = compute_heatmap(s, onnx, detect_tissue(s), opts.min_tissue, opts.batch_size, opts.readers,
-                               progress=progress)
+                               progress=progress, adaptive=opts.adaptive)
         save_heatmap(job.target, heat, s.dimensions, str(s.path))
     return "done", job.target
 

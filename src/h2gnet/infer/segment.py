@@ -20,7 +20,7 @@ import json
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -30,6 +30,7 @@ from h2gnet import __version__
 from h2gnet.cohort import Engine, SlideTask, StatusTable, slide_threads
 from h2gnet.conventions import HEATMAP_SUFFIX, STATUS_FILE, slide_outputs
 from h2gnet.errors import H2GNetError
+from h2gnet.infer.adaptive import AdaptiveConfig
 from h2gnet.infer.heatmap import (
     BATCH_SIZE_RULE,
     MIN_TISSUE_RULE,
@@ -63,7 +64,8 @@ class SegmentConfig:
 
     ``refine_model`` None gives the patch-wise result (heatmap > 0.5); a 3-channel
     refiner (UNet-LR) needs no ``patch_model``. ``heatmap_dir``: reuse stage-1
-    heatmaps found there (``NAME.heatmap.tiff``) instead of recomputing them.
+    heatmaps found there (``NAME.heatmap.tiff``) instead of recomputing them. ``adaptive``: coarse-to-fine
+    patch evaluation (:mod:`h2gnet.infer.adaptive`); None classifies every tissue patch (dense).
     """
 
     patch_model: Path | None
@@ -80,13 +82,14 @@ class SegmentConfig:
     threshold: float = param(0.5, Rule(float, low=0, high=1, low_open=True, high_open=True,
                                        help="tumour where the probability is above this"))
     progress: bool = param(True, Rule(bool))
+    adaptive: AdaptiveConfig | None = None
 
     def __post_init__(self) -> None:
         check_fields(self)
 
     def heatmap(self) -> HeatmapSettings:
         """The stage-1 part of these settings."""
-        return HeatmapSettings(self.min_tissue, self.batch_size, self.readers)
+        return HeatmapSettings(self.min_tissue, self.batch_size, self.readers, self.adaptive)
 
 
 @dataclass
@@ -158,7 +161,7 @@ def segment_slide(slide: Slide | str | Path, out_dir: str | Path, models: Models
                 heat = load_slide_heatmap(cached, slide)
             else:
                 heat = compute_heatmap(slide, models.patch, tissue, cfg.min_tissue, cfg.batch_size, cfg.readers,
-                                       progress=cfg.progress, stats=stats)
+                                       progress=cfg.progress, stats=stats, adaptive=cfg.adaptive)
             timings.update(stats.seconds)
         t = time.perf_counter()
         low = low_future.result()
@@ -197,7 +200,9 @@ def segment_slide(slide: Slide | str | Path, out_dir: str | Path, models: Models
         "slide": str(slide.path), "name": slide.name, "h2gnet_version": __version__,
         "slide_mpp": slide.mpp, "dimensions_l0": list(slide.dimensions),
         "tumour_area_mm2": tissue_area_mm2(mask), "tissue_area_mm2": tissue_area_mm2(tissue),
-        "patches": stats.patches, "mask_mpp": mask.mpp, "heatmap_mpp": heat.mpp if heat is not None else None,
+        "patches": stats.patches, "tissue_patches": stats.tissue_patches,
+        "classified_fraction": round(stats.patches / stats.tissue_patches, 4) if stats.tissue_patches else None,
+        "evaluation": _evaluation(cfg, stats), "mask_mpp": mask.mpp, "heatmap_mpp": heat.mpp if heat is not None else None,
         "design": _design(models),
         "models": {name: {"path": str(m.path.resolve()), "sha256": m.sha256(), "arch": m.metadata.get("arch")}
                    for name, m in (("patch", models.patch), ("refine", models.refine)) if m is not None},
@@ -213,6 +218,15 @@ def segment_slide(slide: Slide | str | Path, out_dir: str | Path, models: Models
             written.unlink(missing_ok=True)
         raise
     return summary
+
+
+def _evaluation(cfg: SegmentConfig, stats: HeatmapStats) -> dict | None:
+    """How the heatmap's patches were picked (None when it was reused from ``heatmap_dir``)."""
+    if not stats.tissue_patches:
+        return None
+    if cfg.adaptive is None:
+        return {"mode": "dense"}
+    return {"mode": "adaptive", **asdict(cfg.adaptive), "rounds": stats.rounds}
 
 
 def _design(models: Models) -> str:

@@ -41,6 +41,7 @@ from h2gnet.evaluation.summary import (
     write_summary_json,
     write_summary_markdown,
 )
+from h2gnet.infer.adaptive import AdaptiveConfig
 from h2gnet.infer.heatmap import heatmap_cohort
 from h2gnet.infer.runtime import OnnxModel
 from h2gnet.infer.segment import SegmentConfig, segment_many
@@ -285,9 +286,12 @@ def predict_otsu(study: Study, manifest: Path, out: Path) -> None:
 
 def predict(study: Study, manifest: Path, out: Path, patch: Path | None, refiner: Path | None,
             heatmaps: Path | None) -> None:
-    """Segment the test slides with a patch model and/or refiner into ``out`` (resumes)."""
+    """Segment the test slides with a patch model and/or refiner into ``out`` (resumes); dense heatmaps
+    unless the config says ``[evaluate] adaptive = true``."""
 
-    cfg = SegmentConfig(patch_model=patch, refine_model=refiner, heatmap_dir=heatmaps, progress=study.progress)
+    adaptive = AdaptiveConfig() if study.config.get("evaluate", {}).get("adaptive", False) else None
+    cfg = SegmentConfig(patch_model=patch, refine_model=refiner, heatmap_dir=None if adaptive else heatmaps,
+                        progress=study.progress, adaptive=adaptive)
     status = segment_many([str(e.slide) for e in _test_entries(manifest)], out, cfg, engine=study.engine)
     failed = {k: v["error"] for k, v in status.items() if v["status"] == "failed"}
     if failed:
