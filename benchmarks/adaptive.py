@@ -40,6 +40,8 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def main() -> None:
+    from h2gnet.io.tables import format_table
+
     from h2gnet.conventions import slide_outputs
     from h2gnet.evaluation.predictions import load_mask_tiff
     from h2gnet.infer.adaptive import AdaptiveConfig
@@ -50,7 +52,6 @@ def main() -> None:
     from h2gnet.io.manifest import read_manifest, select
     from h2gnet.io.raster import Raster
     from h2gnet.io.slides import open_slide
-    from h2gnet.io.tables import format_table
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("study", type=Path)

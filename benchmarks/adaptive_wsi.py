@@ -222,7 +222,8 @@ def main() -> None:
         startup = s["wall"] - sum(v for k, v in s["seconds"].items() if k not in ("inference", "total"))
         row = {"seconds": round(s["wall"], 2), "runs_seconds": [round(r["wall"], 2) for r in rs],
                "patches": int(s["patches"]), "classified_fraction": s["classified_fraction"],
-               "rounds": (s["evaluation"] or {}).get("rounds"), "peak_rss_mb": round(max(r["peak_rss_mb"] for r in rs), 1),
+               "rounds": (s["evaluation"] or {}).get("rounds"),
+               "peak_rss_mb": round(max(r["peak_rss_mb"] for r in rs), 1),
                "cpu_over_wall": round(s["cpu"] / s["wall"], 2), "stages": stages,
                "startup_seconds": round(startup, 2), "model_only_seconds": round(float(np.median(ceilings[mode])), 2),
                "dice_vs_truth": round(dice(masks[mode], truth), 4),

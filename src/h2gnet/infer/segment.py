@@ -202,7 +202,8 @@ def segment_slide(slide: Slide | str | Path, out_dir: str | Path, models: Models
         "tumour_area_mm2": tissue_area_mm2(mask), "tissue_area_mm2": tissue_area_mm2(tissue),
         "patches": stats.patches, "tissue_patches": stats.tissue_patches,
         "classified_fraction": round(stats.patches / stats.tissue_patches, 4) if stats.tissue_patches else None,
-        "evaluation": _evaluation(cfg, stats), "mask_mpp": mask.mpp, "heatmap_mpp": heat.mpp if heat is not None else None,
+        "evaluation": _evaluation(cfg, stats), "mask_mpp": mask.mpp,
+        "heatmap_mpp": heat.mpp if heat is not None else None,
         "design": _design(models),
         "models": {name: {"path": str(m.path.resolve()), "sha256": m.sha256(), "arch": m.metadata.get("arch")}
                    for name, m in (("patch", models.patch), ("refine", models.refine)) if m is not None},
