@@ -58,7 +58,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("study", type=Path)
     ap.add_argument("--out", type=Path, default=None,
-                    help="default: STUDY/adaptive-study (dense/ is reused by later runs, sSTRIDE-LOW-HIGH/ per setting)")
+                    help="default: STUDY/adaptive-study (dense/ reused by later runs, sSTRIDE-LOW-HIGH/ per setting)")
     ap.add_argument("--patch-model", type=Path, default=None, help="default: STUDY/runs/mob/model.onnx")
     ap.add_argument("--refine-model", type=Path, default=None, help="default: STUDY/runs/unet/model.onnx")
     ap.add_argument("--stride", type=int, default=default_of(AdaptiveConfig, "stride"))
