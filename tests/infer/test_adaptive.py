@@ -106,7 +106,7 @@ def test_segment_reports_the_fraction_classified(mini_cohort: Path, patch_run: P
 class _PurpleModel:
     """Stands in for an OnnxModel: tumour probability from how purple a 16-px patch at 4 µm/px is."""
 
-    input_size, mpp, classes = 16, 4.0, ["non-tumour", "tumour"]
+    input_size, mpp, classes, path = 16, 4.0, ["non-tumour", "tumour"], Path("purple.onnx")
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         red = batch[:, 0].mean(axis=(1, 2))  # tumour (120/255) is redder-poor next to stroma (230/255)
