@@ -62,6 +62,14 @@ CASES: list[Case] = [
     Case("train-patch-output-is-a-file", lambda t: (
         [*_train_patch(t)[:5], str(_file(t / "run.txt")), *_train_patch(t)[6:]], ["run.txt", "is a file"],
         t / "out")),
+    Case("train-refine-output-is-a-file", lambda t: (
+        ["train-refine", str(t / "m.csv"), "-o", str(_file(t / "run.txt"))], ["run.txt", "is a file"], t / "out")),
+    Case("cluster-output-is-a-file", lambda t: (
+        ["cluster", str(t / "m.csv"), "--index", str(t / "idx"), "-o", str(_file(t / "c.txt"))],
+        ["c.txt", "is a file"], t / "out")),
+    Case("tissue-output-is-a-folder", lambda t: (
+        _then((t / "out").mkdir(), (t / "mask.png").mkdir()),
+        ["tissue", str(t / "s.tiff"), "-o", str(t / "mask.png")], ["mask.png", "is a folder"], t / "out")),
     # -- train-refine, cluster, quantize ------------------------------------------------------------
     Case("train-refine-input-size-not-multiple", lambda t: (
         ["train-refine", str(t / "m.csv"), "-o", str(t / "out"), "--input-size", "100"],
@@ -144,6 +152,10 @@ CASES: list[Case] = [
 ]
 
 
+def _then(*_effects: object) -> None:
+    """Marks the file-making steps at the start of a case (their values are ignored)."""
+
+
 def _file(path: Path) -> Path:
     path.write_text("not a folder")
     return path
@@ -156,7 +168,7 @@ def _no_output_left(out: Path) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_option_is_one_clear_error(case: Case, tmp_path: Path, capsys) -> None:
-    argv, wanted, out = case.build(tmp_path)
+    argv, wanted, out = case.build(tmp_path)[-3:]  # a case may start with _then(file-making steps)
     capsys.readouterr()
     code = main(["-q", *argv])
     err = capsys.readouterr().err

@@ -23,7 +23,8 @@ from h2gnet.train.patch_classifier import CLUSTER_META
 
 def fit_cohort_clustering(out_dir: str | Path, cfg: ClusterConfig) -> dict:
     """Sample training patches, extract VGG16 features, fit z-score → PCA → k-means, save to ``out_dir``."""
-
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise H2GNetError(out_dir, "is a file; a clustering folder is needed")
     entries = [e for e in select(read_manifest(cfg.manifest), "train") if e.annotation is not None]
     if not entries:
         raise H2GNetError(cfg.manifest, "has no annotated training slides to cluster")
