@@ -145,6 +145,8 @@ CASES: list[Case] = [
     Case("ablation-section-not-table", lambda t: (
         ["ablation", "-o", str(t / "out"), "--config", str(_toml(t, "patch = 3\n"))],
         ["study.toml", "[patch]"], t / "out")),
+    Case("demo-output-is-a-file", lambda t: (
+        ["demo", str(_file(t / "demo.txt"))], ["demo.txt", "study folder"], t / "out")),
     Case("demo-config-not-toml", lambda t: (
         ["demo", str(t / "out"), "--config", str(_toml(t, "[patch\n"))], ["study.toml", "not valid TOML"], t / "out")),
     Case("demo-config-missing", lambda t: (

@@ -100,6 +100,30 @@ def test_planted_malicious_checkpoint_runs_no_code(tmp_path: Path, name: str, ho
     assert not marker.exists()
 
 
+def test_resumed_run_continues_exactly_as_an_uninterrupted_one(tmp_path: Path) -> None:
+    def run(folder: Path, epochs: list[int]) -> torch.nn.Module:
+        model = None
+        for i, n in enumerate(epochs):  # each item: one process that runs n epochs and stops
+            torch.manual_seed(0 if i == 0 else 99)  # a later process: another RNG state until resumed
+            model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 2))
+            optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+            state = TrainingRun(folder, _cfg(epochs=sum(epochs)))
+            state.begin()
+            progress = state.resume(model, optimizer)
+            for _ in range(n):
+                loss = model(torch.randn(16, 3)).pow(2).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                state.end_epoch(model, optimizer, progress, {"val_loss": loss.item()})
+        assert model is not None
+        return model
+
+    straight, resumed = run(tmp_path / "a", [3]), run(tmp_path / "b", [1, 2])
+    for k, v in straight.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
 def test_legacy_checkpoint_is_read_weights_only(tmp_path: Path) -> None:
     model, optimizer = _model_and_optimizer()
     path = tmp_path / "old.pt"

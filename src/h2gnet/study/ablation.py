@@ -391,7 +391,10 @@ def run_study(config: dict, out: str | Path, *, progress: bool = True, engine: E
     """Run (or resume) every design of ``config`` into ``out`` and write the results; the per-slide steps
     (heatmaps, segmentation, evaluation) run on ``engine`` (default: in this process)."""
     study = Study(config, Path(out), progress, engine or Engine())
-    study.out.mkdir(parents=True, exist_ok=True)
+    try:
+        study.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. a file of that name
+        raise H2GNetError(study.out, f"cannot be the study folder ({exc.strerror or exc})") from None
     designs = study.designs
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

@@ -5,9 +5,11 @@ A run folder holds ``config.json`` (the settings), ``log.csv`` (one row per epoc
 
 Checkpoints hold **tensors only** and are read with ``torch.load(weights_only=True)``, so a run folder
 written by someone else can never run code here (a pickle with a ``__reduce__`` payload is refused with an
-error). Everything that is not a tensor — the epoch, the best validation loss, the optimiser's
-hyper-parameters — is JSON: stored in the checkpoint as a UTF-8 byte tensor (so one atomic file is the whole
-state, even after a kill mid-save) and written beside it as ``checkpoint_*.json`` for people and tools.
+error). The last checkpoint also holds PyTorch's RNG state (a byte tensor), so a resumed run draws what an
+uninterrupted one would (the data streams are seeded per epoch). Everything that is not a tensor (the epoch,
+the best validation loss, the optimiser's hyper-parameters) is JSON: stored in the checkpoint as a UTF-8 byte
+tensor, so one atomic file is the whole state even after a kill mid-save, and written beside it as
+``checkpoint_*.json`` for people and tools.
 """
 
 from __future__ import annotations
@@ -190,6 +192,8 @@ class TrainingRun:
         except (RuntimeError, ValueError, KeyError) as exc:
             raise H2GNetError(self.dir / LAST_CHECKPOINT,
                               f"does not fit this model ({str(exc).splitlines()[0]})") from None
+        if isinstance(ckpt.get("torch_rng"), torch.Tensor):  # dropout etc. continue as if never interrupted
+            torch.set_rng_state(ckpt["torch_rng"])
         epoch = int(ckpt["epoch"])
         progress = Progress(epoch, float(ckpt["best_val_loss"]), int(ckpt.get("best_epoch", epoch)))
         truncate_log(self.dir, epoch)
@@ -206,8 +210,8 @@ class TrainingRun:
             save_checkpoint(self.dir / BEST_CHECKPOINT, {"model": model.state_dict(), "epoch": epoch})
         append_log(self.dir, {"epoch": epoch, **row, "best": int(improved)})
         progress.epoch = epoch
-        save_checkpoint(self.dir / LAST_CHECKPOINT, {"model": model.state_dict(),
-                                                     "optimizer": optimizer.state_dict(), **asdict(progress)})
+        save_checkpoint(self.dir / LAST_CHECKPOINT, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                                     "torch_rng": torch.get_rng_state(), **asdict(progress)})
         return improved
 
     def load_best(self, model: torch.nn.Module) -> int:
