@@ -74,8 +74,6 @@ def _cmd_tissue(args: argparse.Namespace) -> int:
     import numpy as np
 
     out = Path(args.output)
-    if out.is_dir():
-        raise H2GNetError(out, "is a folder; the tissue mask is written as a .png or .tif file")
     if out.suffix.lower() not in {".png", ".tif", ".tiff"}:
         raise H2GNetError(out, "the tissue mask is written as .png or .tif")
     if out.is_dir():
