@@ -15,7 +15,7 @@ from h2gnet.cli import main
 from h2gnet.errors import H2GNetError
 
 pytest.importorskip("onnx")
-from tiny_models import tiny_patch_model
+from tiny_models import tiny_patch_model, tiny_refiner
 
 
 @pytest.fixture(scope="module")
@@ -289,3 +289,19 @@ def test_canvas_limit_refuses_before_work_and_can_be_raised(cohort: Path, tmp_pa
     assert "a.tiff" in err and "GB limit" in err and "--max-canvas-gb" in err
     assert not (tmp_path / "m.png").exists()
     assert main(["-q", "--max-canvas-gb", "1", *args]) == 0
+
+
+def test_refiner_returning_nan_fails_the_slide(cohort: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(["-q", "segment", str(cohort / "a.tiff"), "--patch-model", str(cohort / "patch.onnx"),
+                 "--refine-model", str(tiny_refiner(tmp_path / "r.onnx", nan=True)), "-o", str(out)]) == 1
+    row = _status(out)["a"]
+    assert row["status"] == "failed" and "r.onnx" in row["error"] and "non-finite" in row["error"]
+    assert sorted(p.name for p in out.iterdir()) == ["status.csv"]
+
+
+def test_a_working_refiner_segments(cohort: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(["-q", "segment", str(cohort / "a.tiff"), "--patch-model", str(cohort / "patch.onnx"),
+                 "--refine-model", str(tiny_refiner(tmp_path / "r.onnx")), "-o", str(out)]) == 0
+    assert (out / "a.json").is_file() and (out / "a.mask.tiff").is_file()
