@@ -51,6 +51,11 @@ class Corpus:
         path.write_text(text, encoding="utf-8")
         return path
 
+    def training_manifest(self, tmp: Path) -> Path:
+        """A manifest with an annotated train slide and an annotated val slide."""
+        return self.manifest_with(tmp, text=f"slide,annotation,grade,split\n{self.slide},{self.geojson},2,train\n"
+                                            f"{self.other_slide},{self.geojson},3,val\n")
+
     def annotated(self, tmp: Path, doc: object | str, extra: str = "") -> Path:
         """A one-slide manifest whose annotation is ``doc`` (JSON-dumped unless a str)."""
         ann = tmp / "ann.geojson"
@@ -383,6 +388,31 @@ CASES: list[Case] = [
     Case("quantize-missing-model", lambda c, t: (
         ["quantize", str(t / "none.onnx"), str(c.manifest), "--index", str(t / "idx"), "-o", str(t / "out" / "q.onnx")],
         ["none.onnx"], t / "out")),
+    Case("train-patch-index-missing", lambda c, t: (
+        ["train-patch", str(c.training_manifest(t)), "--index", str(t / "idx"), "-o", str(t / "out")], ["idx"],
+        t / "out")),
+    Case("train-refine-heatmaps-missing", lambda c, t: (
+        ["train-refine", str(c.training_manifest(t)), "--heatmaps", str(t / "heat"), "-o", str(t / "out")], ["heat"],
+        t / "out")),
+    Case("cluster-index-missing", lambda c, t: (
+        ["cluster", str(c.training_manifest(t)), "--index", str(t / "idx"), "-o", str(t / "out")], ["idx"],
+        t / "out")),
+    Case("quantize-model-garbage", lambda c, t: (
+        _then((t / "bad.onnx").write_bytes(b"\x08\x01garbage")),
+        ["quantize", str(t / "bad.onnx"), str(c.manifest), "--index", str(t / "idx"),
+         "-o", str(t / "out" / "q.onnx")],
+        ["bad.onnx", "ONNX"], t / "out")),
+    Case("quantize-model-is-refiner", lambda c, t: (
+        ["quantize", str(c.refiner), str(c.manifest), "--index", str(t / "idx"), "-o", str(t / "out" / "q.onnx")],
+        ["refine.onnx"], t / "out")),
+    Case("synth-output-is-a-file", lambda c, t: (
+        _then((t / "afile").write_text("x")),
+        ["synth", str(t / "afile"), "--slides", "2"], ["afile"], t / "nothing")),
+    Case("ablation-config-missing", lambda c, t: (
+        ["ablation", "-o", str(t / "out"), "--config", str(t / "none.toml")], ["none.toml"], t / "out")),
+    Case("demo-config-not-toml", lambda c, t: (
+        _then((t / "bad.toml").write_text("not [toml")),
+        ["demo", str(t / "out"), "--config", str(t / "bad.toml")], ["bad.toml", "TOML"], t / "out")),
     Case("export-fast-missing-run", lambda c, t: (
         ["export-fast", str(t / "norun"), "-o", str(t / "out")], ["norun"], t / "out")),
     # -- options: every numeric option is checked by its parameter's one rule (h2gnet.params) before any
