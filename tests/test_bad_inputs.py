@@ -410,9 +410,6 @@ CASES: list[Case] = [
         ["synth", str(t / "afile"), "--slides", "2"], ["afile"], t / "nothing")),
     Case("ablation-config-missing", lambda c, t: (
         ["ablation", "-o", str(t / "out"), "--config", str(t / "none.toml")], ["none.toml"], t / "out")),
-    Case("demo-config-not-toml", lambda c, t: (
-        _then((t / "bad.toml").write_text("not [toml")),
-        ["demo", str(t / "out"), "--config", str(t / "bad.toml")], ["bad.toml", "TOML"], t / "out")),
     Case("export-fast-missing-run", lambda c, t: (
         ["export-fast", str(t / "norun"), "-o", str(t / "out")], ["norun"], t / "out")),
     # -- options: every numeric option is checked by its parameter's one rule (h2gnet.params) before any
