@@ -185,6 +185,8 @@ def main() -> None:
     ap.add_argument("--no-fast", action="store_true", help="skip the FAST run even when pyFAST is installed")
     ap.add_argument("--train-only", action="store_true", help="make the cached models and slide, then stop")
     ap.add_argument("--short-training", action="store_true", help="train with SHORT_TRAINING's settings")
+    ap.add_argument("--patch-model", type=Path, default=None, help="use this classifier (with --refine-model)")
+    ap.add_argument("--refine-model", type=Path, default=None, help="use this refiner (with --patch-model)")
     ap.add_argument("--study", type=Path, default=None,
                     help="ablation study folder holding (or to receive) the trained models (default CACHE/study)")
     args = ap.parse_args()
@@ -192,7 +194,10 @@ def main() -> None:
     from h2gnet.io.annotations import load_annotation
     from h2gnet.io.slides import open_slide
 
-    patch, refine = train_models(args.study or args.cache / "study", args.short_training)
+    if args.patch_model and args.refine_model:
+        patch, refine = args.patch_model, args.refine_model
+    else:
+        patch, refine = train_models(args.study or args.cache / "study", args.short_training)
     slide, truth_path = slide_with_truth(args.cache, args.width, args.height, args.mpp)
     if args.train_only:
         return
