@@ -41,8 +41,6 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def main() -> None:
-    from h2gnet.io.tables import format_table
-
     from h2gnet.conventions import slide_outputs
     from h2gnet.evaluation.predictions import load_mask_tiff
     from h2gnet.infer.adaptive import AdaptiveConfig
@@ -143,7 +141,7 @@ def main() -> None:
     writer.writerows(rows)
     write_text(out["adaptive"] / "slides.csv", buf.getvalue())
     write_text(out["adaptive"] / "summary.json", json.dumps(summary, indent=2))
-    print(format_table(rows))
+    print(buf.getvalue(), end="")
     print(f"{len(rows)} slides, adaptive {adaptive}: fraction classified {summary['fraction_mean']:.3f} (mean), "
           f"{summary['fraction_pooled']:.3f} (pooled); refined Dice vs truth dense {summary['dice_dense_mean']:.4f}, "
           f"adaptive {summary['dice_adaptive_mean']:.4f} (drop {summary['drop_mean']:+.4f} mean, "
