@@ -24,6 +24,7 @@ from h2gnet.evaluation.summary import print_table
 from h2gnet.fast.fpl import FAST_TISSUE_THRESHOLD, TISSUE_THRESHOLD_RULE, export_fast, split_models
 from h2gnet.infer.adaptive import AdaptiveConfig
 from h2gnet.infer.heatmap import heatmap_cohort
+from h2gnet.infer.model_card import preset_model, preset_names
 from h2gnet.infer.quantize import QuantizeConfig, quantize_patch_model
 from h2gnet.infer.segment import Models, SegmentConfig, check_writable, segment_many
 from h2gnet.io.atomic import DISK_FULL_ERRNOS, disk_full_error, write_bytes
@@ -206,7 +207,10 @@ def _adaptive_config(args: argparse.Namespace) -> AdaptiveConfig | None:
 
 def _segment_config(args: argparse.Namespace, refine: Path | None):
 
-    return SegmentConfig(patch_model=args.patch_model, refine_model=refine,
+    patch = args.patch_model
+    if patch is None and args.preset is not None:
+        patch = preset_model(args.preset, "patch-classifier", args.models_dir)
+    return SegmentConfig(patch_model=patch, refine_model=refine, preset=args.preset,
                          heatmap_dir=getattr(args, "heatmaps", None), device=args.device, precision=args.precision,
                          threads=args.threads, batch_size=args.batch_size, readers=args.readers,
                          progress=not args.quiet, adaptive=_adaptive_config(args))
@@ -217,8 +221,10 @@ def _cmd_heatmap(args: argparse.Namespace) -> int:
     entries = read_manifest(args.manifest)
     check_writable(args.output)
     cfg = _segment_config(args, None)
+    if cfg.patch_model is None:
+        raise H2GNetError(None, "give --patch-model (or --preset with fetched models)")
     patch = Models.load(cfg).patch
-    assert patch is not None  # --patch-model is required by this command
+    assert patch is not None
     with _engine(args) as engine:
         failures = heatmap_cohort(entries, args.output, patch, overwrite=args.overwrite, settings=cfg.heatmap(),
                                   progress=cfg.progress, engine=engine)
@@ -245,11 +251,14 @@ def _cmd_train_refine(args: argparse.Namespace) -> int:
 
 def _cmd_segment(args: argparse.Namespace) -> int:
 
-    if args.no_refine == (args.refine_model is not None):
+    refine_model = args.refine_model
+    if refine_model is None and args.preset is not None and not args.no_refine:
+        refine_model = preset_model(args.preset, "refiner", args.models_dir)
+    if args.no_refine == (refine_model is not None):
         raise H2GNetError(None, "give either --refine-model R.onnx or --no-refine (the patch-wise result)")
-    if args.no_refine and args.patch_model is None:
+    if args.no_refine and args.patch_model is None and args.preset is None:
         raise H2GNetError(None, "--no-refine needs --patch-model")
-    cfg = _segment_config(args, args.refine_model)
+    cfg = _segment_config(args, refine_model)
     with _engine(args) as engine:
         status = segment_many(args.inputs, args.output, cfg, mpp=args.mpp, overwrite=args.overwrite, engine=engine)
     rows = [{"slide": Path(k).name, **{c: v[c] for c in ("status", "seconds", "error")}} for k, v in status.items()]
@@ -276,9 +285,12 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     add_param(g, EngineConfig, "connect_timeout", metavar="SECONDS")
 
 
-def _add_inference_options(p: argparse.ArgumentParser, *, patch_required: bool = True) -> None:
-    p.add_argument("--patch-model", type=Path, required=patch_required,
-                   help="patch classifier (.onnx, from train-patch)")
+def _add_inference_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--patch-model", type=Path, required=False,
+                   help="patch classifier (.onnx: from train-patch, or a model with NAME.card.json beside it)")
+    add_param(p, SegmentConfig, "preset")
+    p.add_argument("--models-dir", type=Path, default=None,
+                   help="folder of a preset's files (default: where fetch-models puts them)")
     for name in ("device", "threads", "precision", "batch_size", "readers"):
         add_param(p, SegmentConfig, name)
     p.add_argument("--overwrite", action="store_true", help="redo slides that already have outputs")
@@ -329,7 +341,7 @@ def _add_stage2(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-refine", action="store_true", help="patch-wise result: heatmap > 0.5")
     add_rule_option(p, SLIDE_MPP_RULE, "--mpp")
     p.add_argument("--heatmaps", type=Path, default=None, help="reuse stage-1 heatmaps from this folder")
-    _add_inference_options(p, patch_required=False)
+    _add_inference_options(p)
     _add_adaptive_options(p, adaptive=SegmentConfig(patch_model=None).adaptive is not None)
     p.set_defaults(func=_cmd_segment)
 
@@ -357,6 +369,33 @@ def _add_export_fast(sub: argparse._SubParsersAction) -> None:
                         "default: FAST's choice (OpenVINO, which computes in bfloat16 on CPUs with AVX512-BF16; "
                         "ONNXRuntime is float32)")
     p.set_defaults(func=_cmd_export_fast)
+
+
+def _cmd_fetch_models(args: argparse.Namespace) -> int:
+    from h2gnet.fast.datahub import fetch_models
+
+    r = fetch_models(args.preset, args.models_dir, args.source, download=not args.no_download,
+                     fast_storage=args.fast_storage)
+    print(f"{args.preset}: from {r.source} into {r.folder} (graphs match the preset's card)")
+    for kind, info in r.files.items():
+        print(f"  {kind}: {info['file']}  sha256 {info['sha256']}")
+    if r.licence:
+        print(f"licence of the weights ({r.licence_file}):\n{r.licence}")
+    else:
+        print("no licence file beside the files: check the data-hub item's licence before using the weights")
+    return 0
+
+
+def _add_fetch_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fetch-models", help="get published models (pyFAST data hub, FAST's storage folder or "
+                                            "--from), check them against their card, record SHA-256 and licence")
+    p.add_argument("preset", choices=preset_names())
+    p.add_argument("--from", dest="source", type=Path, default=None,
+                   help="folder holding the files (e.g. a copy of FAST's data-hub item)")
+    p.add_argument("--models-dir", type=Path, default=None, help="where to put them (default: h2gnet's models folder)")
+    p.add_argument("--fast-storage", type=Path, default=None, help="FAST's data-hub folder (default: pyFAST's)")
+    p.add_argument("--no-download", action="store_true", help="never ask pyFAST's data hub to download")
+    p.set_defaults(func=_cmd_fetch_models)
 
 
 # -- evaluation ----------------------------------------------------------------------------
@@ -478,6 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stage1(sub)
     _add_stage2(sub)
     _add_export_fast(sub)
+    _add_fetch_models(sub)
     _add_evaluation(sub)
     for sub_parser in sub.choices.values():  # -q works before or after the subcommand
         sub_parser.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,

@@ -105,6 +105,7 @@ class _RunSpec:
     tissue_kernel: int | None = None
     patch_workaround: bool = True
     verbose: bool = False
+    header: dict | None = None
 
 
 def _odd_kernel(size: float) -> int:
@@ -175,7 +176,11 @@ def _run_in_this_process(spec: _RunSpec, import_seconds: float | None = None) ->
     if import_seconds is None:
         import_seconds = time.perf_counter() - t_import
     fast.Reporter.setGlobalReportMethod(fast.Reporter.COUT if spec.verbose else fast.Reporter.NONE)
-    header = read_header(spec.fpl)
+    header = spec.header if spec.header is not None else read_header(spec.fpl)
+    objects = {"sink": "exporter", "tissue": "tissue", "stitcher": "stitcher",
+               "segmentation": "refinement" if header.get("refine_size") else "threshold",
+               **header.get("objects", {})}
+    foreign = spec.header is not None  # a pipeline not exported by h2gnet: no variables, no exporter
     slide = Path(spec.slide)
     out_dir = Path(spec.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -215,13 +220,19 @@ def _run_in_this_process(spec: _RunSpec, import_seconds: float | None = None) ->
         lowres = fitting[-1] if fitting else 0
     if lowres is not None:
         variables["lowres_level"] = str(int(lowres))
+    if foreign:
+        if patch_source.get("mode") == "level 0":
+            patch_source["warning"] = "FAST reads this slide's patches from the wrong place (a pipeline without "\
+                                      "h2gnet's variables cannot be redirected to level 0)"
+            patch_source["mode"] = "magnification"
+        variables, lowres = {}, None
     pipeline = fast.Pipeline(str(spec.fpl), variables)
     pipeline.parse({"WSI": wsi})
     # One sink only: pyFAST 4.18 deadlocks when a second sink re-pulls the finished patch stream, and
     # getPipelineOutputData loops forever on the refined segmentation (it inherits the stream's
     # "progress" without its last-frame flag). The exporter drives the whole pipeline once; the other
     # results are then read from their process objects without running them again.
-    pipeline.getProcessObject("exporter").run()
+    pipeline.getProcessObject(objects["sink"]).run()
     seconds = time.perf_counter() - t0
 
     def output(po: str):
@@ -231,10 +242,10 @@ def _run_in_this_process(spec: _RunSpec, import_seconds: float | None = None) ->
     cell_l0 = header["patch_size"] * magnification / header["magnification"]
     if patch_source["mode"] == "level 0":
         cell_l0 = float(patch_source["level0_patch_size"])
-    heat = np.asarray(fast.Tensor.fromDataObject(output("stitcher")))[..., int(header["tumour_channel"])]
-    tissue_img = fast.Image.fromDataObject(output("tissue"))
+    heat = np.asarray(fast.Tensor.fromDataObject(output(objects["stitcher"])))[..., int(header["tumour_channel"])]
+    tissue_img = fast.Image.fromDataObject(output(objects["tissue"]))
     tissue = np.asarray(tissue_img)[..., 0] > 0
-    seg_po = "refinement" if header.get("refine_size") else "threshold"
+    seg_po = objects["segmentation"]
     seg_img = fast.Image.fromDataObject(output(seg_po))
     segmentation = np.asarray(seg_img)[..., 0] > 0
     result = {
@@ -252,9 +263,10 @@ def _run_in_this_process(spec: _RunSpec, import_seconds: float | None = None) ->
     arrays: dict[str, Any] = {"heatmap": heat.astype(np.float32), "tissue": tissue, "segmentation": segmentation}
     with atomic_path(out_dir / f"{name}{RESULT_SUFFIX}") as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, **arrays)
-    result["outputs"] = {"segmentation": str(_finish_mhd(Path(variables["output"]), out_dir / f"{name}"
-                                                                                    f"{SEGMENTATION_SUFFIX}")),
-                         "arrays": str(out_dir / f"{name}{RESULT_SUFFIX}")}
+    result["outputs"] = {"arrays": str(out_dir / f"{name}{RESULT_SUFFIX}")}
+    if not foreign:
+        result["outputs"]["segmentation"] = str(_finish_mhd(Path(variables["output"]),
+                                                            out_dir / f"{name}{SEGMENTATION_SUFFIX}"))
     run = FastRun(**result, **arrays)
     write_text(out_dir / f"{name}.fast.json", json.dumps(run.summary(), indent=2))
     return run
@@ -277,7 +289,7 @@ def run_fast_pipeline(fpl_path: str | Path, slide_path: str | Path, out_dir: str
                       lowres_level: int | None = None, tissue_kernel: int | None = None,
                       patch_workaround: bool = True, fast_home: str | Path | None = None,
                       timeout: float | None = None, isolate: bool = True,
-                      verbose: bool = False) -> FastRun:
+                      verbose: bool = False, header: dict | None = None) -> FastRun:
     """Run an exported pipeline with pyFAST on one slide; FAST's results as numpy, with timings.
 
     Writes into ``out_dir``: ``NAME.fast-segmentation.mhd`` (+ ``.raw``; FAST's exporter),
@@ -301,17 +313,22 @@ def run_fast_pipeline(fpl_path: str | Path, slide_path: str | Path, out_dir: str
     them (slower, correct). ``isolate`` runs FAST in a child process (``timeout`` seconds at most): FAST must
     be imported in a main thread and may hang or abort, which a child contains. ``fast_home``:
     HOME and XDG_RUNTIME_DIR for that child (FAST keeps a kernel cache and copies of its pipelines
-    in HOME). Raises :class:`H2GNetError` when pyFAST is missing or the run fails.
+    in HOME). ``header``: for a pipeline not exported by h2gnet (e.g. the published H2G-Net one, see
+    :mod:`h2gnet.fast.published`), what h2gnet's header would say (``patch_size``, ``patch_mpp``,
+    ``magnification``, ``tumour_channel``, ``refine_size``) and its process objects (``objects``:
+    ``sink``, ``tissue``, ``stitcher``, ``segmentation``); such a pipeline runs without variables and
+    without an exporter (no ``.mhd``). Raises :class:`H2GNetError` when pyFAST is missing or the run fails.
     """
     fpl = Path(fpl_path).resolve()
-    read_header(fpl)
+    if header is None:
+        read_header(fpl)
     _check_fast_path(fpl.parent)
     slide = Path(slide_path).resolve()
     if not slide.exists():
         raise H2GNetError(slide, "no such slide file")
     out = Path(out_dir).resolve()
     spec = _RunSpec(str(fpl), str(slide), str(out), magnification, mpp, lowres_level, tissue_kernel,
-                    patch_workaround, verbose)
+                    patch_workaround, verbose, header)
     if not isolate:
         return _run_in_this_process(spec, _require_fast())
     env = dict(os.environ)

@@ -23,6 +23,7 @@ from h2gnet.cohort import Engine, SlideTask, StatusTable, slide_threads
 from h2gnet.conventions import HEATMAP_SUFFIX, STATUS_FILE
 from h2gnet.errors import H2GNetError
 from h2gnet.infer.adaptive import AdaptiveConfig, adaptive_values
+from h2gnet.infer.model_card import HSV_RULE, ModelCard
 from h2gnet.infer.runtime import OnnxModel, check_probabilities
 from h2gnet.io.atomic import atomic_path
 from h2gnet.io.canvas import check_canvas
@@ -31,7 +32,7 @@ from h2gnet.io.raster import Raster
 from h2gnet.io.slides import Slide, open_slide
 from h2gnet.params import Rule, check_fields, param
 from h2gnet.patches.grid import MIN_TISSUE, PatchGrid, cell_fractions
-from h2gnet.patches.tissue import detect_tissue
+from h2gnet.patches.tissue import detect_tissue, detect_tissue_rgb_distance
 
 #: Rules shared by :class:`HeatmapSettings` and the segmentation settings (one rule per parameter).
 MIN_TISSUE_RULE = Rule(float, low=0, high=1, high_open=True,
@@ -57,10 +58,13 @@ def patch_grid_for(slide: Slide, model: OnnxModel) -> PatchGrid:
     return PatchGrid(slide.dimensions, slide.mpp, model.input_size, model.mpp)
 
 
-def tissue_patches(grid: PatchGrid, tissue: Raster, min_tissue: float = MIN_TISSUE) -> tuple[np.ndarray, ...]:
-    """(rows, cols, xs, ys) of the grid cells with more than ``min_tissue`` tissue (fraction);
-    xs, ys are level-0 px. These are the patches a heatmap classifies."""
-    rows, cols = np.nonzero(cell_fractions(tissue, grid) > min_tissue)
+def tissue_patches(grid: PatchGrid, tissue: Raster, min_tissue: float = MIN_TISSUE, *,
+                   inclusive: bool = False) -> tuple[np.ndarray, ...]:
+    """(rows, cols, xs, ys) of the grid cells with more than ``min_tissue`` tissue (fraction; at least
+    that much when ``inclusive``, FAST's rule); xs, ys are level-0 px. These are the patches a heatmap
+    classifies."""
+    fractions = cell_fractions(tissue, grid)
+    rows, cols = np.nonzero(fractions >= min_tissue if inclusive else fractions > min_tissue)
     xs, ys = grid.locations(rows, cols)
     return rows, cols, xs, ys
 
@@ -104,11 +108,14 @@ def compute_heatmap(slide: Slide, model: OnnxModel, tissue: Raster, min_tissue: 
 
     grid = patch_grid_for(slide, model)
     t0 = time.perf_counter()
-    rows, cols, _, _ = tissue_patches(grid, tissue, min_tissue)
-    heat = np.zeros(grid.shape, np.float32)
+    rule = model.card.tissue if model.card is not None else None
+    if rule is not None:  # a model card's rule replaces the default fraction
+        min_tissue = rule.min_fraction
+    rows, cols, _, _ = tissue_patches(grid, tissue, min_tissue, inclusive=rule is not None and rule.inclusive)
+    heat = np.full(grid.shape, model.card.unclassified_value if model.card is not None else 0.0, np.float32)
     if len(rows) == 0:
         raise H2GNetError(slide.path, f"no patch has more than {min_tissue:.0%} tissue; nothing to classify")
-    tumour_col = model.classes.index("tumour") if "tumour" in model.classes else -1
+    tumour_col = model.tumour_channel
     t_infer = 0.0
     with tqdm(total=len(rows), desc=f"heatmap {slide.name}", unit="patch", disable=not progress) as bar:
 
@@ -144,6 +151,21 @@ def compute_heatmap(slide: Slide, model: OnnxModel, tissue: Raster, min_tissue: 
     return Raster(heat, grid.cell_mpp, slide.mpp)
 
 
+#: Coarsest tissue mask for a card's RGB-distance rule, in mask pixels per patch side.
+TISSUE_PX_PER_PATCH = 8
+
+
+def tissue_for(slide: Slide, model: OnnxModel | None) -> Raster:
+    """The slide's tissue mask by the rule of ``model``'s card (h2gnet's HSV rule when it names none)."""
+    rule = model.card.tissue if model is not None and model.card is not None else None
+    if rule is None or rule.method == HSV_RULE:
+        return detect_tissue(slide)
+    assert model is not None
+    cell_um = model.input_size * model.mpp  # at least TISSUE_PX_PER_PATCH mask pixels across a patch
+    return detect_tissue_rgb_distance(slide, rule.threshold, rule.dilation, rule.erosion,
+                                      max_mpp=cell_um / TISSUE_PX_PER_PATCH)
+
+
 @dataclass(frozen=True)
 class HeatmapSettings:
     """How a cohort's heatmaps are computed: ``min_tissue`` (fraction of a patch), patches per
@@ -170,6 +192,7 @@ class HeatmapJob:
     model: tuple
     settings: HeatmapSettings
     progress: bool = True
+    card: ModelCard | None = None
 
 
 def heatmap_task(cache: dict, job: HeatmapJob) -> tuple[str, str]:
@@ -183,10 +206,11 @@ def heatmap_task(cache: dict, job: HeatmapJob) -> tuple[str, str]:
         model, progress = (*model[:3], model[3] or threads, model[4]), False
     onnx = cache.get(model)
     if onnx is None:
-        onnx = cache[model] = OnnxModel(Path(model[0]), "patch-classifier", model[2], model[3], model[4])
+        onnx = cache[model] = OnnxModel(Path(model[0]), "patch-classifier", model[2], model[3], model[4],
+                                        card=job.card)
     with open_slide(job.slide, job.mpp) as s:
         opts = job.settings
-        heat = compute_heatmap(s, onnx, detect_tissue(s), opts.min_tissue, opts.batch_size, opts.readers,
+        heat = compute_heatmap(s, onnx, tissue_for(s, onnx), opts.min_tissue, opts.batch_size, opts.readers,
                                progress=progress, adaptive=opts.adaptive)
         save_heatmap(job.target, heat, s.dimensions, str(s.path))
     return "done", job.target
@@ -218,7 +242,8 @@ def heatmap_cohort(entries: list, out_dir: str | Path, model: OnnxModel, *, over
             target.unlink(missing_ok=True)
             slide = Path(e.slide).resolve() if engine.distributed else e.slide
             where = target.resolve() if engine.distributed else target
-            job = HeatmapJob(str(slide), e.mpp, str(where), key, settings or HeatmapSettings(), progress)
+            card = None if model.card is None or model.card.native else model.card
+            job = HeatmapJob(str(slide), e.mpp, str(where), key, settings or HeatmapSettings(), progress, card)
             tasks.append(SlideTask(str(e.slide), (job,), (str(where),)))
         outcomes = engine.run(heatmap_task, tasks, desc="heatmaps", progress=progress,
                               on_end=lambda o: status.record(o.key, o.status, o.seconds, o.error))

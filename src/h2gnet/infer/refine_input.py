@@ -24,6 +24,8 @@ REFINE_SIZE = 1024
 #: The low-resolution image is read at most this many times larger than ``size`` per side:
 #: bilinear resizing from 2× already sees every pixel, and a cap keeps memory flat for big slides.
 MAX_OVERSAMPLE = 2
+#: With the "smallest-level" source, a lowest level shorter than ``size`` / this is skipped.
+MIN_LOWEST_FRACTION = 4
 
 
 @dataclass(frozen=True)
@@ -35,22 +37,56 @@ class LowRes:
     slide_mpp: float
 
 
-def low_resolution(slide: Slide, size: int = REFINE_SIZE) -> LowRes:
+def low_resolution(slide: Slide, size: int = REFINE_SIZE, source: str = "h2gnet") -> LowRes:
     """The smallest pyramid level with both sides ≥ ``size`` px, read at no more than
-    :data:`MAX_OVERSAMPLE`×``size`` px on the long side, as uint8 RGB."""
+    :data:`MAX_OVERSAMPLE`×``size`` px on the long side, as uint8 RGB.
+
+    ``source`` "smallest-level": the pyramid's lowest level as it is (FAST's ``ImagePyramidLevelExtractor``
+    level -1, the published H2G-Net pipeline's input), unless its long side is under ``size`` /
+    :data:`MIN_LOWEST_FRACTION` px (pyramids that go down to a few pixels, as DICOM's do): then the
+    smallest level at least that long, or the slide read at that size.
+    """
+    if source == "smallest-level":
+        floor = size / MIN_LOWEST_FRACTION
+        usable = [lv for lv in slide.levels if max(lv.dimensions) >= floor]
+        mpp = slide.mpp * usable[-1].downsample if usable else max(slide.extent_um()) / floor
+        return LowRes(slide.read_whole(mpp), mpp, slide.mpp)
     level = slide.smallest_level_at_least(size)
     cap_mpp = max(slide.extent_um()) / (MAX_OVERSAMPLE * size)
     mpp = max(level.mpp, cap_mpp)
     return LowRes(slide.read_whole(mpp), mpp, slide.mpp)
 
 
-def network_input(low: LowRes, heatmap: Raster | None, size: int = REFINE_SIZE) -> np.ndarray:
-    """(C, size, size) float32: RGB, plus the heatmap channel when given (C = 4, else 3 for UNet-LR)."""
-    img = cv2.resize(low.image.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR) / np.float32(255)
-    channels: list[np.ndarray] = [img.transpose(2, 0, 1)]
+def _fit(array: np.ndarray, size: int, resize: str) -> np.ndarray:
+    """``array`` (H, W[, C]) resized bilinearly to ``size``×``size`` ("stretch") or with its long side
+    ``size`` and zero-padded at the bottom/right ("keep-aspect")."""
+    if resize == "stretch":
+        return cv2.resize(array, (size, size), interpolation=cv2.INTER_LINEAR)
+    h, w = array.shape[:2]
+    scale = size / max(h, w)
+    inner = cv2.resize(array, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_LINEAR)
+    out = np.zeros((size, size, *array.shape[2:]), np.float32)
+    out[: inner.shape[0], : inner.shape[1]] = inner
+    return out
+
+
+def network_input(low: LowRes, heatmap: Raster | None, size: int = REFINE_SIZE, normalisation: str = "fixed",
+                  resize: str = "stretch") -> np.ndarray:
+    """(C, size, size) float32: RGB, plus the heatmap channel when given (C = 4, else 3 for UNet-LR).
+
+    ``normalisation`` "fixed": RGB / 255; "minmax": (RGB − min) / (max − min) over the whole
+    low-resolution image (FAST's ``IntensityNormalization``). ``resize``: "stretch" (aspect not kept)
+    or "keep-aspect" (see :func:`_fit`); the heatmap is resized the same way.
+    """
+    img = low.image.astype(np.float32)
+    if normalisation == "minmax":
+        lo, hi = float(img.min()), float(img.max())
+        img = (img - lo) / np.float32(hi - lo) if hi > lo else np.zeros_like(img)
+    else:
+        img = img / np.float32(255)
+    channels: list[np.ndarray] = [_fit(img, size, resize).transpose(2, 0, 1)]
     if heatmap is not None:
-        heat = cv2.resize(heatmap.array.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
-        channels.append(heat[None])
+        channels.append(_fit(heatmap.array.astype(np.float32), size, resize)[None])
     return np.concatenate(channels, axis=0).astype(np.float32)
 
 
@@ -61,24 +97,39 @@ def target_mask(low: LowRes, truth: Raster, size: int = REFINE_SIZE) -> np.ndarr
     return cv2.resize(on_grid, (size, size), interpolation=cv2.INTER_NEAREST)
 
 
-def probability_to_raster(prob: np.ndarray, low: LowRes) -> Raster:
-    """A ``size``×``size`` probability map resized back onto the low-resolution grid (float32)."""
+def probability_to_raster(prob: np.ndarray, low: LowRes, resize: str = "stretch", *,
+                          upsample: bool = False) -> Raster:
+    """A ``size``×``size`` probability map resized back onto the low-resolution grid (float32);
+    with "keep-aspect" the padding is cut off first. ``upsample``: when the low-resolution image is
+    smaller than the network's output, use a finer grid whose long side is the output's (the
+    segmentation keeps the network's resolution, as FAST's does)."""
     rows, cols = low.image.shape[:2]
+    mpp = low.mpp
+    factor = prob.shape[0] / max(rows, cols)
+    if upsample and factor > 1:
+        rows, cols, mpp = max(1, round(rows * factor)), max(1, round(cols * factor)), low.mpp / factor
+    if resize == "keep-aspect":
+        scale = prob.shape[0] / max(rows, cols)
+        prob = prob[: max(1, round(rows * scale)), : max(1, round(cols * scale))]
     back = cv2.resize(prob.astype(np.float32), (cols, rows), interpolation=cv2.INTER_LINEAR)
-    return Raster(back, low.mpp, low.slide_mpp)
+    return Raster(back, mpp, low.slide_mpp)
 
 
 def refine(model: OnnxModel, low: LowRes, heatmap: Raster | None) -> Raster:
     """Tumour probability (float32 Raster on the low-resolution grid) from the refinement network.
 
-    ``heatmap`` is ignored by 3-channel networks (UNet-LR) and required by 4-channel ones.
+    ``heatmap`` is ignored by 3-channel networks (UNet-LR) and required by 4-channel ones. The model's
+    card says how its input is normalised and resized (h2gnet's own: RGB / 255, stretched).
     """
     size = model.input_size or REFINE_SIZE
     if model.in_channels == 4 and heatmap is None:
         raise ValueError("this refinement network needs the stage-1 heatmap")
-    x = network_input(low, heatmap if model.in_channels == 4 else None, size)
+    card = model.card
+    normalisation, resize = (card.image_normalisation, card.resize) if card is not None else ("fixed", "stretch")
+    x = network_input(low, heatmap if model.in_channels == 4 else None, size, normalisation, resize)
     probs = check_probabilities(model(x[None]), model.path)[0]
     if probs.ndim != 3 or probs.shape[0] < 2:
         raise H2GNetError(model.path, f"returned an output of shape {tuple(probs.shape)}; a refiner returns "
                                       "(N, classes >= 2, H, W) with the tumour class at index 1")
-    return probability_to_raster(probs[1], low)
+    upsample = card is not None and card.image_source == "smallest-level"
+    return probability_to_raster(probs[model.tumour_channel], low, resize, upsample=upsample)

@@ -3,7 +3,12 @@
 Patch classifiers take float32 RGB in [0, 1], NCHW, and return softmax
 probabilities (N, classes); refiners take (N, C, H, W) and return (N, classes,
 H, W). The metadata written at export (``h2gnet_kind``, ``input_size``,
-``mpp``, …) tells how to feed them.
+``mpp``, …) tells how to feed them. Other ONNX models run with a model card
+(:mod:`h2gnet.infer.model_card`: a JSON file beside the model or a named preset):
+the card is checked against the graph (number of inputs, channels, layout, sizes,
+output classes) when the model is loaded, before any slide is read, and
+:class:`OnnxModel` converts h2gnet's NCHW [0, 1] input to what the graph takes and
+its output back to probabilities, so the rest of the pipeline does not change.
 """
 
 from __future__ import annotations
@@ -17,6 +22,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from h2gnet.errors import H2GNetError
+from h2gnet.infer.model_card import (
+    ModelCard,
+    card_beside,
+    card_from_metadata,
+    load_card,
+    load_preset,
+    with_graph,
+)
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -106,9 +119,197 @@ def model_kind(path: str | Path) -> str | None:
     return session.get_modelmeta().custom_metadata_map.get("h2gnet_kind")
 
 
+# -- binding a card to a graph ------------------------------------------------------------------
+def _dim(value: object) -> int | None:
+    """A fixed dimension of a graph shape, None when symbolic."""
+    return value if isinstance(value, int) and value > 0 else None
+
+
+@dataclass(frozen=True)
+class _Binding:
+    """How h2gnet's NCHW [0, 1] tensors map onto a graph's inputs and its output back to probabilities.
+
+    ``names``: graph inputs in role order (image[, heatmap]); ``size``: input side in px; ``channels``:
+    3 (RGB) or 4 (RGB + heatmap) in h2gnet's terms; ``native``: an h2gnet export, fed as it is.
+    """
+
+    card: ModelCard
+    names: tuple[str, ...]
+    size: int
+    channels: int
+    native: bool = False
+    nhwc: bool = False
+
+    def _layout(self, x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(x.transpose(0, 2, 3, 1) if self.nhwc else x)
+
+    def feeds(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Graph inputs for a float32 NCHW batch in h2gnet's convention."""
+        card = self.card
+        if card.kind == "patch-classifier":
+            factor = card.scale * 255.0
+            x = batch * np.float32(factor) if abs(factor - 1.0) > 1e-9 else batch
+            if card.mean is not None and card.std is not None:
+                mean = np.asarray(card.mean, np.float32)[None, :, None, None]
+                std = np.asarray(card.std, np.float32)[None, :, None, None]
+                x = (x - mean) / std
+            return {self.names[0]: self._layout(x.astype(np.float32, copy=False))}
+        if len(self.names) == 2:
+            return {self.names[0]: self._layout(batch[:, :3]), self.names[1]: self._layout(batch[:, 3:4])}
+        return {self.names[0]: self._layout(batch)}
+
+    def probabilities(self, out: np.ndarray) -> np.ndarray:
+        """The graph's output as probabilities along axis 1 ((N, classes) or (N, classes, H, W))."""
+        out = np.asarray(out, np.float32)
+        if out.ndim == 4 and self.nhwc:
+            out = out.transpose(0, 3, 1, 2)
+        if self.card.output == "logits":
+            e = np.exp(out - out.max(axis=1, keepdims=True))
+            out = e / e.sum(axis=1, keepdims=True)
+        elif self.card.output == "sigmoid":
+            p = out[:, :1]
+            out = np.concatenate([1.0 - p, p], axis=1)
+        return out
+
+
+def _mismatch(path: Path, card: ModelCard, key: str, problem: str) -> H2GNetError:
+    return H2GNetError(path, f"does not match its model card ({card.origin}), key {key!r}: {problem}")
+
+
+def _layout_of(path: Path, card: ModelCard, shape: list, channels: tuple[int, ...], key: str) -> bool:
+    """True for NHWC: from the card, or read from the graph (the axis holding ``channels``)."""
+    first, last = _dim(shape[1]), _dim(shape[3])
+    if card.layout == "NCHW":
+        if first is not None and first not in channels:
+            raise _mismatch(path, card, "input.layout", f"NCHW, but the graph's input {key} has shape {shape}")
+        return False
+    if card.layout == "NHWC":
+        if last is not None and last not in channels:
+            raise _mismatch(path, card, "input.layout", f"NHWC, but the graph's input {key} has shape {shape}")
+        return True
+    nchw, nhwc = first in channels, last in channels
+    if nchw == nhwc:
+        raise _mismatch(path, card, "input.layout", f"cannot tell NCHW from NHWC in the graph's input {key} "
+                                                    f"{shape}; say it in the card")
+    return nhwc
+
+
+def _side(path: Path, card: ModelCard, shape: list, key: str, *, nhwc: bool) -> int:
+    h, w = (shape[1], shape[2]) if nhwc else (shape[2], shape[3])
+    h, w = _dim(h), _dim(w)
+    if h is not None and w is not None and h != w:
+        raise _mismatch(path, card, key, f"the graph's input is {w}×{h} px; h2gnet feeds square inputs")
+    graph = h or w
+    if card.input_size is not None and graph is not None and card.input_size != graph:
+        raise _mismatch(path, card, key, f"{card.input_size} px, but the graph takes {graph} px")
+    size = card.input_size or graph
+    if size is None:
+        raise _mismatch(path, card, key, "the graph's input size is not fixed; give it in the card")
+    return int(size)
+
+
+def _check_output(path: Path, card: ModelCard, session: object, *, nhwc: bool) -> None:
+    out = list(session.get_outputs()[0].shape)  # type: ignore[attr-defined]
+    want = card.channels
+    if card.kind == "patch-classifier":
+        got = _dim(out[-1]) if len(out) == 2 else None
+        if len(out) != 2:
+            raise _mismatch(path, card, "output", f"the graph's output has shape {out}; expected (N, classes)")
+    else:
+        if len(out) != 4:
+            raise _mismatch(path, card, "output", f"the graph's output has shape {out}; expected 4 dimensions")
+        got = _dim(out[3] if nhwc else out[1])
+    if got is not None and got != want:
+        key = "output" if card.output == "sigmoid" or got == 1 else "class_names"
+        raise _mismatch(path, card, key, f"{want} output channel(s) expected, the graph gives {got}")
+
+
+def _find_card(path: Path, expect: str, preset: str | None) -> ModelCard:
+    beside = card_beside(path)
+    if beside.is_file():
+        return load_card(beside)
+    if preset is not None:
+        cards = load_preset(preset).cards
+        if expect not in cards:
+            raise H2GNetError(path, f"preset {preset!r} has no {expect} card")
+        return cards[expect]
+    raise H2GNetError(path, f"is an ONNX model without h2gnet metadata and without a model card: put "
+                            f"{beside.name} beside it (see h2gnet.infer.model_card) or name a preset "
+                            f"(--preset h2gnet-2022); expected a {expect}")
+
+
+def bind_card(session: object, path: Path, expect: str, metadata: dict[str, str], card: ModelCard | None,
+              preset: str | None) -> tuple[ModelCard, _Binding]:
+    """The model's card (from its h2gnet metadata, ``card``, ``NAME.card.json`` beside it, or ``preset``),
+    checked against the graph; :class:`H2GNetError` naming the file and the card's key on a mismatch."""
+    inputs = [(i.name, list(i.shape)) for i in session.get_inputs()]  # type: ignore[attr-defined]
+    kind = metadata.get("h2gnet_kind")
+    if kind is not None:
+        if kind != expect:
+            raise H2GNetError(path, f"is {kind!r}, expected a {expect} exported by h2gnet")
+        name, shape = inputs[0]
+        if len(shape) != 4:
+            raise H2GNetError(path, f"has input shape {shape}; expected (N, C, H, W)")
+        if expect == "patch-classifier" and shape[1] != 3:
+            raise H2GNetError(path, f"takes {shape[1]} input channels; a patch classifier takes 3 (RGB)")
+        native = card_from_metadata(metadata, expect, origin=f"metadata of {path.name}")
+        side = _dim(shape[2]) or (int(metadata["input_size"]) if metadata.get("input_size", "").isdigit() else 0)
+        return with_graph(native, input_size=side or None), _Binding(native, (name,), side, int(shape[1]), True)
+    card = card if card is not None else _find_card(path, expect, preset)
+    if card.kind != expect:
+        raise H2GNetError(card.origin or path, f"model card key 'kind': {card.kind!r}, but {path.name} is used "
+                                               f"as a {expect}")
+    for name, shape in inputs:
+        if len(shape) != 4:
+            raise _mismatch(path, card, "input", f"the graph's input {name!r} has shape {shape}; expected 4 "
+                                                 "dimensions (NCHW or NHWC)")
+    if expect == "patch-classifier":
+        if len(inputs) != 1:
+            raise _mismatch(path, card, "input", f"the graph has {len(inputs)} inputs; a patch classifier takes one")
+        name, shape = inputs[0]
+        nhwc = _layout_of(path, card, shape, (3,), repr(name))
+        names: tuple[str, ...] = (name,)
+        channels = 3
+        side = _side(path, card, shape, "patch_size_pixels", nhwc=nhwc)
+    elif card.refiner_inputs == "separate":
+        if len(inputs) != 2:
+            raise _mismatch(path, card, "input.inputs", f"'separate' (image, heatmap), but the graph has "
+                                                        f"{len(inputs)} input(s)")
+        by_name = dict(inputs)
+        if card.input_names is not None:
+            if sorted(card.input_names) != sorted(by_name):
+                raise _mismatch(path, card, "input.names", f"{list(card.input_names)}, but the graph's inputs are "
+                                                           f"{list(by_name)}")
+            order = list(card.input_names)
+        else:  # the 3-channel input is the image, the 1-channel one the heatmap; else the graph's order
+            probe = [n for n, s in inputs if 3 in (_dim(s[1]), _dim(s[3]))]
+            order = [probe[0], next(n for n, _ in inputs if n != probe[0])] if len(probe) == 1 else \
+                [n for n, _ in inputs]
+        nhwc = _layout_of(path, card, by_name[order[0]], (3,), f"{order[0]!r} (image)")
+        heat = by_name[order[1]]
+        if _dim(heat[3] if nhwc else heat[1]) not in (None, 1):
+            raise _mismatch(path, card, "input.names", f"the heatmap input {order[1]!r} has shape {heat}; "
+                                                       "expected 1 channel")
+        names, channels = tuple(order), 4
+        side = _side(path, card, by_name[order[0]], "refiner.input_size_pixels", nhwc=nhwc)
+    else:
+        if len(inputs) != 1:
+            raise _mismatch(path, card, "input.inputs", f"'concatenated', but the graph has {len(inputs)} inputs")
+        name, shape = inputs[0]
+        nhwc = _layout_of(path, card, shape, (3, 4), repr(name))
+        names, channels = (name,), int(_dim(shape[3] if nhwc else shape[1]) or 4)
+        side = _side(path, card, shape, "refiner.input_size_pixels", nhwc=nhwc)
+    _check_output(path, card, session, nhwc=nhwc)
+    card = with_graph(card, layout="NHWC" if nhwc else "NCHW", input_size=side)
+    return card, _Binding(card, names, side, channels, False, nhwc)
+
+
 @dataclass
 class OnnxModel:
-    """A loaded h2gnet ONNX model.
+    """A loaded ONNX model: one of h2gnet's exports, or a model described by a card.
+
+    A model without h2gnet metadata takes its card from ``card``, else ``NAME.card.json`` beside it,
+    else the preset named by ``preset`` (see :func:`bind_card`).
 
     ``path``: the .onnx file; ``expect``: the kind it must be; ``threads``:
     intra-op threads (None: ONNX Runtime's default, all cores).
@@ -119,6 +320,8 @@ class OnnxModel:
     device: str = "cpu"
     threads: int | None = None
     precision: str = "fp32"
+    card: ModelCard | None = None
+    preset: str | None = None
     metadata: dict[str, str] = field(init=False)
     _sha256: str | None = field(init=False, default=None, repr=False)
 
@@ -139,21 +342,25 @@ class OnnxModel:
         self.session = _load_session(self.path, opts, choose_providers(self.device))
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         kind = self.metadata.get("h2gnet_kind")
-        if kind != self.expect:
-            raise H2GNetError(self.path, f"is {'an ONNX model without h2gnet metadata' if kind is None else kind!r}"
-                                         f", expected a {self.expect} exported by h2gnet")
         inp = self.session.get_inputs()[0]
-        self.input_name = inp.name
         self.input_shape = list(inp.shape)
-        if len(self.input_shape) != 4:
-            raise H2GNetError(self.path, f"has input shape {self.input_shape}; expected (N, C, H, W)")
-        channels = self.input_shape[1]
-        want_c = 3 if self.expect == "patch-classifier" else None
-        if want_c is not None and channels != want_c:
-            raise H2GNetError(self.path, f"takes {channels} input channels; a patch classifier takes 3 (RGB)")
-        self._check_metadata()
+        if kind is not None:  # one of h2gnet's exports: its metadata are checked as they are
+            if kind != self.expect:
+                raise H2GNetError(self.path, f"is {kind!r}, expected a {self.expect} exported by h2gnet")
+            if len(self.input_shape) != 4:
+                raise H2GNetError(self.path, f"has input shape {self.input_shape}; expected (N, C, H, W)")
+            channels = self.input_shape[1]
+            if self.expect == "patch-classifier" and channels != 3:
+                raise H2GNetError(self.path, f"takes {channels} input channels; a patch classifier takes 3 (RGB)")
+            self._check_metadata()
+        self.card, self._binding = bind_card(self.session, self.path, self.expect, self.metadata, self.card,
+                                             self.preset)
+        self.input_name = self._binding.names[0]
         self._openvino = None
         if self.device == "openvino" and "OpenVINOExecutionProvider" not in available_providers():
+            if not self._binding.native:
+                raise H2GNetError(self.path, "device 'openvino' runs h2gnet's own exports only; use cpu for "
+                                             "models described by a card")
             if not openvino_available():
                 raise H2GNetError(None, "device 'openvino' needs `pip install openvino` (or onnxruntime-openvino)")
             self._openvino = _OpenVinoEngine(self.path, self.threads, self.precision)
@@ -195,24 +402,32 @@ class OnnxModel:
 
     @property
     def input_size(self) -> int:
-        """Side of the square input in px (fixed in the graph or in the metadata)."""
-        side = self.input_shape[2]
-        return int(side) if isinstance(side, int) else int(self.metadata.get("input_size", 0))
+        """Side of the square input in px (from the graph or the card; 0 when neither fixes it)."""
+        return self._binding.size
 
     @property
     def in_channels(self) -> int:
-        """Channels of the model input (3 RGB, 4 RGB + heatmap, 1 ...)."""
-        return int(self.input_shape[1])
+        """Channels the network takes in h2gnet's terms: 3 (RGB) or 4 (RGB + heatmap), whatever the layout."""
+        return self._binding.channels
 
     @property
     def mpp(self) -> float:
         """µm/px the patch classifier was trained at (default 1.0: 10×)."""
-        return float(self.metadata.get("mpp", 1.0))
+        assert self.card is not None
+        return float(self.card.mpp) if self.card.mpp is not None else float(self.metadata.get("mpp", 1.0))
 
     @property
     def classes(self) -> list[str]:
         """Class names of the model output, in channel order."""
-        return self.metadata.get("classes", "non-tumour,tumour").split(",")
+        if self.card is None:  # while h2gnet's metadata are checked, before the card is made
+            return self.metadata.get("classes", "non-tumour,tumour").split(",")
+        return list(self.card.class_names)
+
+    @property
+    def tumour_channel(self) -> int:
+        """Column (patch classifiers) or channel (refiners) of the tumour probability in this model's output."""
+        assert self.card is not None and self.card.tumour_class is not None
+        return 1 if self.card.output == "sigmoid" else self.card.tumour_class
 
     def sha256(self) -> str:
         """SHA-256 of the model file (computed once: summaries of every slide quote it)."""
@@ -228,11 +443,15 @@ class OnnxModel:
         return "onnxruntime:" + ",".join(self.session.get_providers())
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """Run on a float32 NCHW batch; returns the model's probabilities."""
+        """Run on a float32 NCHW batch in h2gnet's convention (RGB in [0, 1], plus the heatmap channel for
+        4-channel refiners); returns probabilities, (N, classes) or (N, classes, H, W)."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if self._openvino is not None:
             return self._openvino(batch)
-        return self.session.run(None, {self.input_name: batch})[0]
+        if self._binding.native:
+            return self.session.run(None, {self.input_name: batch})[0]
+        feeds = self._binding.feeds(batch)
+        return self._binding.probabilities(self.session.run(None, feeds)[0])
 
 
 class _OpenVinoEngine:

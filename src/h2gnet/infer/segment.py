@@ -40,7 +40,9 @@ from h2gnet.infer.heatmap import (
     compute_heatmap,
     load_slide_heatmap,
     save_heatmap,
+    tissue_for,
 )
+from h2gnet.infer.model_card import preset_names
 from h2gnet.infer.refine_input import REFINE_SIZE, low_resolution, refine
 from h2gnet.infer.runtime import DEVICES, PRECISIONS, OnnxModel, default_threads, sha256_of
 from h2gnet.io.atomic import write_text
@@ -53,7 +55,7 @@ from h2gnet.outputs.mask_tiff import write_mask_tiff
 from h2gnet.outputs.overlay import render_overlay, write_png
 from h2gnet.params import Rule, check_fields, param
 from h2gnet.patches.grid import MIN_TISSUE
-from h2gnet.patches.tissue import detect_tissue, tissue_area_mm2
+from h2gnet.patches.tissue import tissue_area_mm2
 
 OVERLAY_MAX_SIDE = 2048
 
@@ -65,7 +67,8 @@ class SegmentConfig:
     ``refine_model`` None gives the patch-wise result (heatmap > 0.5); a 3-channel
     refiner (UNet-LR) needs no ``patch_model``. ``heatmap_dir``: reuse stage-1
     heatmaps found there (``NAME.heatmap.tiff``) instead of recomputing them. ``adaptive``: coarse-to-fine
-    patch evaluation (:mod:`h2gnet.infer.adaptive`); None classifies every tissue patch (dense).
+    patch evaluation (:mod:`h2gnet.infer.adaptive`); None classifies every tissue patch (dense). ``preset``: the model
+    card of models without h2gnet metadata and without ``NAME.card.json`` beside them (e.g. "h2gnet-2022").
     """
 
     patch_model: Path | None
@@ -83,6 +86,10 @@ class SegmentConfig:
                                        help="tumour where the probability is above this"))
     progress: bool = param(True, Rule(bool))
     adaptive: AdaptiveConfig | None = None
+    preset: str | None = param(None, Rule(str, choices=tuple(preset_names()), optional=True,
+                                          help="conventions of published models (a model card): without "
+                                               "--patch-model/--refine-model, the files `h2gnet fetch-models "
+                                               "PRESET` got"))
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -105,7 +112,8 @@ class Models:
         threads = cfg.threads or default_threads()
 
         def load(path: Path | None, kind: str) -> OnnxModel | None:
-            return None if path is None else OnnxModel(Path(path), kind, cfg.device, threads, cfg.precision)
+            return None if path is None else OnnxModel(Path(path), kind, cfg.device, threads, cfg.precision,
+                                                       preset=cfg.preset)
 
         with ThreadPoolExecutor(1) as pool:  # ONNX Runtime builds sessions without the GIL: both at once
             refiner = pool.submit(load, cfg.refine_model, "refiner")
@@ -147,14 +155,15 @@ def segment_slide(slide: Slide | str | Path, out_dir: str | Path, models: Models
     paths = slide_outputs(out_dir, slide.name).as_dict()
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    tissue = detect_tissue(slide)
+    tissue = tissue_for(slide, models.patch)
     timings["tissue"] = time.perf_counter() - t
     stats = HeatmapStats()
     heat = None
     size = (models.refine.input_size or REFINE_SIZE) if models.refine else REFINE_SIZE
     with ThreadPoolExecutor(1) as pool:
         # the low-resolution image does not depend on the heatmap: read it while the patches run
-        low_future = pool.submit(low_resolution, slide, size)
+        low_future = pool.submit(low_resolution, slide, size,
+                                 models.refine.card.image_source if models.refine and models.refine.card else "h2gnet")
         if models.patch is not None:
             cached = Path(cfg.heatmap_dir) / f"{slide.name}{HEATMAP_SUFFIX}" if cfg.heatmap_dir else None
             if cached is not None and cached.is_file():
@@ -205,7 +214,8 @@ def segment_slide(slide: Slide | str | Path, out_dir: str | Path, models: Models
         "evaluation": _evaluation(cfg, stats), "mask_mpp": mask.mpp,
         "heatmap_mpp": heat.mpp if heat is not None else None,
         "design": _design(models),
-        "models": {name: {"path": str(m.path.resolve()), "sha256": m.sha256(), "arch": m.metadata.get("arch")}
+        "models": {name: {"path": str(m.path.resolve()), "sha256": m.sha256(), "arch": m.metadata.get("arch"),
+                          "card": m.card.summary() if m.card is not None else None}
                    for name, m in (("patch", models.patch), ("refine", models.refine)) if m is not None},
         "device": cfg.device, "engine": (models.patch or models.refine).engine,  # type: ignore[union-attr]
         "seconds": seconds,

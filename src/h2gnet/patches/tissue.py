@@ -73,6 +73,37 @@ def detect_tissue(slide: Slide, config: TissueConfig = TissueConfig(), *, requir
     return Raster(mask, config.mpp, slide.mpp)
 
 
+def rgb_distance_tissue(rgb: np.ndarray, threshold: float, dilation: int, erosion: int) -> np.ndarray:
+    """FAST's colour-threshold tissue rule on an RGB uint8 image: Euclidean distance from white
+    (255, 255, 255) > ``threshold`` (0–255 scale), then a dilation and an erosion with discs of
+    ``dilation`` / ``erosion`` px (0: none)."""
+    diff = 255.0 - rgb.astype(np.float32)
+    mask = (np.sqrt((diff * diff).sum(axis=2)) > threshold).astype(np.uint8)
+    if dilation > 1:
+        mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (dilation, dilation)))
+    if erosion > 1:
+        mask = cv2.erode(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (erosion, erosion)))
+    return mask.astype(bool)
+
+
+def detect_tissue_rgb_distance(slide: Slide, threshold: float, dilation: int, erosion: int,
+                               max_mpp: float | None = None, *, require: bool = True) -> Raster:
+    """FAST's tissue detection: :func:`rgb_distance_tissue` on the slide's smallest pyramid level
+    (at that level's µm/px); :class:`H2GNetError` naming the slide when nothing is tissue and ``require``.
+
+    ``max_mpp``: the coarsest useful µm/px. Some pyramids go down to a few pixels (DICOM: 1×1), where
+    FAST's rule would see no tissue; the smallest level not coarser than ``max_mpp`` is used then
+    (read at ``max_mpp`` when no level is that fine).
+    """
+    usable = [lv for lv in slide.levels if max_mpp is None or slide.mpp * lv.downsample <= max_mpp]
+    mpp = slide.mpp * usable[-1].downsample if usable else float(max_mpp or slide.mpp)
+    mask = rgb_distance_tissue(slide.read_whole(mpp), threshold, dilation, erosion)
+    if require and not mask.any():
+        raise H2GNetError(slide.path, f"no tissue found: no pixel of the smallest level is further than {threshold:g} "
+                                      "from white (blank slide?)")
+    return Raster(mask, mpp, slide.mpp)
+
+
 def otsu_tissue(slide: Slide, size: int = OTSU_SIZE, *, require: bool = True) -> Raster:
     """Design I baseline: whole slide resized to ``size``×``size``, Otsu on HSV saturation.
 

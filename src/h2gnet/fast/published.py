@@ -1,0 +1,62 @@
+"""The published H2G-Net FAST pipeline (``breast_tumour_segmentation.fpl``) with other model files.
+
+The text in ``pipelines/breast_tumour_segmentation.fpl`` is written as FAST's published
+pipeline (data-hub item ``breast-tumour-segmentation``): FAST's default colour-threshold tissue
+detection, 256-px patches at 10× kept at ≥ 50 % tissue, the classifier fed uint8 RGB × 1/255,
+patch stitching, the tumour channel as an image, the lowest pyramid level min/max-normalised by
+``IntensityNormalization``, and the refiner with two inputs, image then heatmap. It could not be
+downloaded on the machines this was written on: it follows the conventions the issue and the
+H2G-Net/FAST sources describe, and only its two model paths are ever changed
+(:func:`published_pipeline`). :func:`published_header` tells
+:func:`h2gnet.fast.runner.run_fast_pipeline` how to read its results.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from h2gnet.errors import H2GNetError
+from h2gnet.fast.fpl import FAST_UM_AT_1X
+from h2gnet.infer.model_card import ModelCard, load_preset
+from h2gnet.io.atomic import write_text
+
+PUBLISHED_FPL = "breast_tumour_segmentation.fpl"
+#: The model paths as the published pipeline writes them (relative to the pipeline's folder).
+PUBLISHED_MODEL_PATHS = {
+    "patch-classifier": "$CURRENT_PATH$/../breast-tumour-segmentation-model/pw_tumour_mobilenetv2_model.onnx",
+    "refiner": "$CURRENT_PATH$/../breast-tumour-segmentation-model/unet_tumour_refinement_model_fix-opset9.onnx",
+}
+
+
+def published_text() -> str:
+    """The published pipeline's text as shipped with h2gnet."""
+    return (resources.files("h2gnet.fast") / "pipelines" / PUBLISHED_FPL).read_text(encoding="utf-8")
+
+
+def published_pipeline(patch_model: str | Path, refine_model: str | Path, out: str | Path) -> Path:
+    """Write the published pipeline to ``out`` with only its two model paths replaced by these files."""
+    text = published_text()
+    for kind, model in (("patch-classifier", patch_model), ("refiner", refine_model)):
+        path = Path(model).resolve()
+        if not path.is_file():
+            raise H2GNetError(path, "no such model file")
+        if '"' in str(path):
+            raise H2GNetError(path, "FAST cannot read a model path with a double quote")
+        old = PUBLISHED_MODEL_PATHS[kind]
+        if text.count(old) != 1:
+            raise H2GNetError(None, f"the published pipeline does not name {old} once")
+        text = text.replace(old, str(path))
+    write_text(Path(out), text)
+    return Path(out)
+
+
+def published_header(card: ModelCard | None = None) -> dict:
+    """What :func:`h2gnet.fast.runner.run_fast_pipeline` needs to read the published pipeline's results."""
+    card = card or load_preset("h2gnet-2022").cards["patch-classifier"]
+    assert card.mpp is not None and card.input_size is not None
+    refine = load_preset("h2gnet-2022").cards["refiner"]
+    return {"patch_size": card.input_size, "patch_mpp": card.mpp, "magnification": FAST_UM_AT_1X / card.mpp,
+            "tumour_channel": card.tumour_class, "refine_size": refine.input_size, "classes": list(card.class_names),
+            "objects": {"sink": "refinement", "tissue": "tissueSeg", "stitcher": "stitcher",
+                        "segmentation": "refinement"}}
