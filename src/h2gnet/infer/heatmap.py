@@ -108,14 +108,17 @@ def compute_heatmap(slide: Slide, model: OnnxModel, tissue: Raster, min_tissue: 
 
     grid = patch_grid_for(slide, model)
     t0 = time.perf_counter()
-    rule = model.card.tissue if model.card is not None else None
+    card = getattr(model, "card", None)  # stand-ins of an OnnxModel may have none
+    rule = card.tissue if card is not None else None
     if rule is not None:  # a model card's rule replaces the default fraction
         min_tissue = rule.min_fraction
     rows, cols, _, _ = tissue_patches(grid, tissue, min_tissue, inclusive=rule is not None and rule.inclusive)
-    heat = np.full(grid.shape, model.card.unclassified_value if model.card is not None else 0.0, np.float32)
+    heat = np.full(grid.shape, card.unclassified_value if card is not None else 0.0, np.float32)
     if len(rows) == 0:
         raise H2GNetError(slide.path, f"no patch has more than {min_tissue:.0%} tissue; nothing to classify")
-    tumour_col = model.tumour_channel
+    tumour_col = getattr(model, "tumour_channel", None)
+    if tumour_col is None:
+        tumour_col = model.classes.index("tumour") if "tumour" in model.classes else -1
     t_infer = 0.0
     with tqdm(total=len(rows), desc=f"heatmap {slide.name}", unit="patch", disable=not progress) as bar:
 
