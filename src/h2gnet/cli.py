@@ -239,7 +239,8 @@ def _cmd_train_refine(args: argparse.Namespace) -> int:
 
     cfg = RefineTrainConfig(manifest=str(Path(args.manifest).resolve()),
                             heatmaps=str(Path(args.heatmaps).resolve()) if args.heatmaps else None,
-                            arch=args.arch, input_size=args.input_size, epochs=args.epochs, patience=args.patience,
+                            arch=args.arch, input_size=args.input_size, epochs=args.epochs,
+                            total_steps=args.total_steps, patience=args.patience,
                             batch_size=args.batch_size, accumulation=args.accumulation, lr=args.lr,
                             augment=not args.no_augment, seed=args.seed, threads=args.threads,
                             progress=not args.quiet)
@@ -326,7 +327,7 @@ def _add_stage2(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heatmaps", type=Path, default=None, help="heatmap folder (not needed for unet-lr)")
     p.add_argument("-o", "--output", type=Path, required=True, help="run folder")
     add_param(p, RefineTrainConfig, "arch")
-    for name in ("input_size", "epochs", "patience", "batch_size", "accumulation", "lr"):
+    for name in ("input_size", "epochs", "total_steps", "patience", "batch_size", "accumulation", "lr"):
         add_param(p, RefineTrainConfig, name)
     p.add_argument("--no-augment", action="store_true")
     add_param(p, RefineTrainConfig, "threads")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -66,7 +67,8 @@ def test_cluster_guided_training(mini_cohort: Path, tmp_path: Path) -> None:
     assert np.isfinite(metrics["best_val_loss"])
 
 
-def test_refinement_training_and_export(mini_cohort: Path, patch_run: Path, tmp_path: Path) -> None:
+def test_refinement_training_and_export(mini_cohort: Path, patch_run: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
     from h2gnet.cli import main
     from h2gnet.train.refiner import RefineTrainConfig, train_refiner
 
@@ -74,10 +76,25 @@ def test_refinement_training_and_export(mini_cohort: Path, patch_run: Path, tmp_
                  str(patch_run / "model.onnx"), "-o", str(tmp_path / "heat")]) == 0
     cfg = RefineTrainConfig(manifest=str(mini_cohort / "manifest.csv"), heatmaps=str(tmp_path / "heat"),
                             arch="agunet", input_size=128, epochs=2, filters=(4, 8, 8, 16), progress=False)
-    metrics = train_refiner(tmp_path / "ref", cfg)
-    assert 0 <= metrics["val_dice"] <= 1 and len(read_log(tmp_path / "ref")) == 2
+    with pytest.warns(UserWarning, match=r"only 2 optimizer steps .*1/epoch × 2 epochs") as caught:
+        metrics = train_refiner(tmp_path / "ref", cfg)
+    log = read_log(tmp_path / "ref")
+    assert 0 <= metrics["val_dice"] <= 1 and len(log) == 2
+    # the patch-wise mask of the validation slide, scored beside the refiner: per epoch and at the end
+    patchwise = metrics["val_dice_patchwise"]
+    assert 0 <= patchwise <= 1 and all(float(r["val_dice_patchwise"]) == pytest.approx(patchwise) for r in log)
+    saved = json.loads((tmp_path / "ref" / "metrics.json").read_text())
+    assert saved["val_dice"] == metrics["val_dice"] and saved["val_dice_patchwise"] == patchwise
+    assert saved["plan"]["total_steps"] == 2 and saved["plan"]["samples"] == 2
+    worse = metrics["val_dice"] < patchwise
+    assert saved["verdict"].startswith("refinement makes validation Dice worse" if worse else "refinement ")
+    printed = capsys.readouterr().err
+    assert "train-refine plan: 2 slides/epoch = 1 batches of 4" in printed
+    assert (saved["verdict"] in [str(w.message) for w in caught]) if worse else (saved["verdict"] in printed)
     model = OnnxModel(tmp_path / "ref" / "model.onnx", "refiner")
     assert model.in_channels == 4 and model.input_size == 128
+    assert float(model.metadata["val_dice"]) == pytest.approx(metrics["val_dice"])
+    assert float(model.metadata["val_dice_patchwise"]) == pytest.approx(patchwise)
     out = model(np.zeros((1, 4, 128, 128), np.float32))
     assert out.shape == (1, 2, 128, 128)
 
@@ -110,3 +127,27 @@ def test_int8_quantisation_keeps_predictions_close(mini_cohort: Path, patch_run:
     x = calibration_batches(mini_cohort / "manifest.csv", mini_cohort / "index", 64, 16, seed=9)[0]
     assert np.abs(q(x) - f(x)).max() < 0.2  # int8 rounding, not a different model
     assert out.stat().st_size < (patch_run / "model.onnx").stat().st_size
+
+
+def test_segment_warns_for_a_refiner_worse_than_patchwise(tiny_slide, tmp_path: Path) -> None:
+    from h2gnet.infer.segment import SegmentConfig, segment_many
+    from h2gnet.train.export import export_refiner_onnx
+    from h2gnet.train.models import build_refiner
+
+    slide, _, _ = tiny_slide
+    torch.manual_seed(0)
+    lr = build_refiner("unet-lr", filters=(4, 8, 8, 16)).eval()  # 3 channels: no patch model needed
+    worse = export_refiner_onnx(lr, tmp_path / "worse.onnx", 64,
+                                validation={"val_dice": 0.33, "val_dice_patchwise": 0.65})
+    better = export_refiner_onnx(lr, tmp_path / "better.onnx", 64,
+                                 validation={"val_dice": 0.8, "val_dice_patchwise": 0.65})
+    plain = export_refiner_onnx(lr, tmp_path / "plain.onnx", 64)  # no validation figures: no warning
+    with pytest.warns(UserWarning, match=r"worse than patch-wise .*0\.330 against 0\.650") as caught:
+        segment_many([str(slide)], tmp_path / "out-worse", SegmentConfig(None, worse, progress=False))
+    assert sum("worse than patch-wise" in str(w.message) for w in caught) == 1  # once per run
+    for model in (better, plain):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            status = segment_many([str(slide)], tmp_path / f"out-{model.stem}", SegmentConfig(None, model,
+                                                                                            progress=False))
+        assert [r["status"] for r in status.values()] == ["done"]

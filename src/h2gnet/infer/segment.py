@@ -19,6 +19,7 @@ import glob
 import json
 import tempfile
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -125,6 +126,22 @@ class Models:
         if patch is None and (ref is None or ref.in_channels != 3):
             raise H2GNetError(None, "a patch model is needed (only a 3-channel UNet-LR refiner works without one)")
         return cls(patch, ref)
+
+
+def refiner_warning(model: OnnxModel | None) -> str | None:
+    """A warning if ``model`` is a refiner whose own validation (metadata ``val_dice`` against
+    ``val_dice_patchwise``, written by ``train-refine``) was worse than the patch-wise mask; else None."""
+    if model is None:
+        return None
+    try:
+        refined = float(model.metadata["val_dice"])
+        patchwise = float(model.metadata["val_dice_patchwise"])
+    except (KeyError, ValueError):
+        return None  # older models, or exported without a validation: nothing to say
+    if refined >= patchwise:
+        return None
+    return (f"{model.path}: this refiner was worse than patch-wise on its own validation slides (Dice "
+            f"{refined:.3f} against {patchwise:.3f}); consider --no-refine or a refiner trained longer")
 
 
 def check_writable(out_dir: Path) -> None:
@@ -330,6 +347,9 @@ def segment_many(inputs: list[str], out_dir: str | Path, cfg: SegmentConfig, mpp
     slides = expand_inputs(inputs)
     check_writable(out_dir)
     models = Models.load(cfg)  # a bad model is an error before any slide
+    message = refiner_warning(models.refine)
+    if message is not None:
+        warnings.warn(message, UserWarning, stacklevel=2)
     engine = engine or Engine()
     engine.check_output_folder(out_dir)
     key = model_key(cfg)

@@ -61,6 +61,9 @@ class RefineTrainConfig:
     arch: str = param("unet", Rule(str, choices=REFINER_ARCHS))
     input_size: int = param(1024, Rule(int, low=32, high=8192, help="network input side in px (paper: 1024)"))
     epochs: int = param(1000, Rule(int, low=1, help="at most this many epochs"))
+    total_steps: int | None = param(None, Rule(int, low=1, optional=True,
+                                               help="run length in optimizer steps (replaces --epochs: epochs = "
+                                                    "steps / optimizer steps per epoch, rounded up)"))
     patience: int = param(100, Rule(int, low=1, help="early-stopping patience in epochs"))
     batch_size: int = param(4, Rule(int, low=1, high=1024, help="slides per batch"))
     accumulation: int = param(6, Rule(int, low=1, high=1024, help="gradient-accumulation steps"))

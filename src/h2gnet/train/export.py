@@ -164,6 +164,7 @@ def export_refiner_onnx(
     in_channels: int | None = None,
     *,
     arch: str | None = None,
+    validation: Mapping[str, float | None] | None = None,
     opset: int = DEFAULT_OPSET,
 ) -> Path:
     """Export a refinement network (logits model) as ONNX with a softmax output; return ``path``.
@@ -172,7 +173,9 @@ def export_refiner_onnx(
     the network, see ``model.size_multiple``).  ``in_channels`` defaults to
     ``model.in_channels`` (else 4) and must agree with it.  Only the final
     output is exported (no deep-supervision outputs).
-    Metadata: h2gnet_kind="refiner", input_size, in_channels, arch, h2gnet_version.
+    Metadata: h2gnet_kind="refiner", input_size, in_channels, arch, h2gnet_version, and the figures of
+    ``validation`` that are not None (the trainer gives ``val_dice`` and ``val_dice_patchwise``: the refiner's
+    and the patch-wise mask's validation Dice, fractions; ``segment`` warns when the first is lower).
     """
     _check_opset(opset)
     model_channels = getattr(model, "in_channels", None)
@@ -191,6 +194,7 @@ def export_refiner_onnx(
         "arch": arch or str(getattr(model, "arch", type(model).__name__)),
         "h2gnet_version": h2gnet.__version__,
     }
+    metadata.update({key: repr(float(value)) for key, value in (validation or {}).items() if value is not None})
     return _write_with_metadata(_export_bytes(model, example, "input", opset), path, metadata)
 
 

@@ -10,6 +10,7 @@ The best model by validation loss is exported to ONNX at the end.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from h2gnet.train.dataset import patch_stream
 from h2gnet.train.export import export_classifier_onnx
 from h2gnet.train.losses import cwce_loss
 from h2gnet.train.models import build_classifier
+from h2gnet.train.plan import TrainingPlan, plan_run
 from h2gnet.train.run_state import TrainingRun, set_threads
 
 CLUSTER_META = "h2gnet_cluster.json"
@@ -116,6 +118,12 @@ def _run_epoch(model, loader, steps, assigner, cluster_size, optimizer=None, bar
             "seconds": time.perf_counter() - t0, "samples": n}
 
 
+def plan_patch_training(cfg: PatchTrainConfig, world_size: int = 1) -> TrainingPlan:
+    """The run's plan: ``cfg.steps`` batches of ``cfg.batch_size`` patches per epoch and process, one
+    optimizer step each."""
+    return plan_run(cfg.steps * cfg.batch_size * world_size, cfg.batch_size, cfg.epochs, 1, world_size)
+
+
 def train_patch_classifier(run_dir: str | Path, cfg: PatchTrainConfig, *, overwrite: bool = False) -> dict:
     """Train (or resume) in ``run_dir``; export ``model.onnx``; evaluate the test patches.
 
@@ -134,6 +142,9 @@ def train_patch_classifier(run_dir: str | Path, cfg: PatchTrainConfig, *, overwr
     run.begin()
     progress = run.resume(model, optimizer)
     assigner, cluster_size = _cluster_assigner(cfg)
+    plan = plan_patch_training(cfg)
+    print(f"train-patch {plan.describe('patches')}", file=sys.stderr)
+    plan.warn_if_short(f"raise --epochs {cfg.epochs} or --steps {cfg.steps} (batches per epoch)")
     total_steps = (cfg.epochs - progress.epoch) * (cfg.steps + cfg.val_steps)
     with tqdm(total=total_steps, desc="train-patch", unit="batch", disable=not cfg.progress) as bar:
         for epoch in range(progress.epoch, cfg.epochs):
@@ -150,7 +161,7 @@ def train_patch_classifier(run_dir: str | Path, cfg: PatchTrainConfig, *, overwr
     best_epoch = run.load_best(model)
     onnx_path = export_classifier_onnx(model.eval(), run.dir / MODEL_FILE, input_size,
                                        mpp=patch_mpp * patch_size / input_size, arch=cfg.arch)
-    metrics: dict = {"best_epoch": best_epoch, "best_val_loss": progress.best_val_loss}
+    metrics: dict = {"best_epoch": best_epoch, "best_val_loss": progress.best_val_loss, "plan": plan.as_dict()}
     if test_ix:
         metrics["test"] = evaluate_patch_model(onnx_path, test_ix, cfg.eval_per_class, cfg.seed,
                                                progress=cfg.progress)

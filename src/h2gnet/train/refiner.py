@@ -10,8 +10,10 @@ validation loss (patience 100, at most 1000 epochs); resumable.
 
 from __future__ import annotations
 
+import sys
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,7 @@ from h2gnet.train.config import RefineTrainConfig
 from h2gnet.train.export import export_refiner_onnx
 from h2gnet.train.losses import dice_loss
 from h2gnet.train.models import build_refiner
+from h2gnet.train.plan import TrainingPlan, epochs_for, plan_run
 from h2gnet.train.run_state import TrainingRun, set_threads
 
 
@@ -106,6 +109,49 @@ def _train_epoch(model, samples, cfg, optimizer, rng) -> float:
     return total / max(n_batches, 1)
 
 
+def _dice(pred: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tensor) -> float:
+    """Hard Dice of two boolean masks (1 when both are empty)."""
+    inter = float((pred & truth).sum())
+    denom = float(pred.sum()) + float(truth.sum())
+    return 1.0 if denom == 0 else 2 * inter / denom
+
+
+def patchwise_dice(heats: list[np.ndarray], samples: list[Sample]) -> float:
+    """Mean Dice of the patch-wise masks (heatmap > 0.5, designs III–V) over ``samples``, on the refiner's
+    ``input_size``² grid; ``heats`` are the slides' heatmaps on that grid (fractions)."""
+    return float(np.mean([_dice(h > 0.5, s.y.astype(bool)) for h, s in zip(heats, samples)]))
+
+
+def _heats(entries: list[SlideEntry], samples: list[Sample], cfg: RefineTrainConfig) -> list[np.ndarray] | None:
+    """The heatmap channel of each validation sample (read for UNet-LR; None without heatmaps)."""
+    if samples[0].x.shape[0] == 4:
+        return [s.x[3] for s in samples]
+    if cfg.heatmaps is None:
+        return None
+    return [load_sample(e, cfg.heatmaps, cfg.input_size, use_heatmap=True).x[3] for e in entries]
+
+
+def plan_refiner(cfg: RefineTrainConfig, train_slides: int, world_size: int = 1) -> TrainingPlan:
+    """The run's plan for ``train_slides`` training slides: ``cfg.total_steps`` sets the epochs if given."""
+    plan = plan_run(train_slides, cfg.batch_size, cfg.epochs, cfg.accumulation, world_size)
+    if cfg.total_steps is not None:
+        epochs = epochs_for(cfg.total_steps, plan.steps)
+        plan = replace(plan, epochs=epochs, total_steps=epochs * plan.steps)
+    return plan
+
+
+def verdict(refined: float, patchwise: float | None) -> str:
+    """One line comparing the refiner's validation Dice with the patch-wise mask's."""
+    if patchwise is None:
+        return f"refinement: validation Dice {refined:.3f} (no heatmaps: not compared with patch-wise)"
+    if refined > patchwise:
+        return f"refinement improves validation Dice from {patchwise:.3f} to {refined:.3f}"
+    if refined == patchwise:
+        return f"refinement leaves validation Dice at {patchwise:.3f} (patch-wise is as good)"
+    return (f"refinement makes validation Dice worse: {refined:.3f} against {patchwise:.3f} patch-wise (heatmap "
+            "> 0.5); segment with --no-refine, or train longer (--total-steps) or on more slides")
+
+
 @torch.no_grad()
 def _validate(model, samples, cfg) -> tuple[float, float]:
     """Mean Dice loss and mean hard Dice (threshold 0.5) over validation slides."""
@@ -119,10 +165,7 @@ def _validate(model, samples, cfg) -> tuple[float, float]:
         logits = model(x)
         losses.append(dice_loss(logits, y).item() * len(chunk))
         pred = logits.softmax(1)[:, 1] > 0.5
-        for p, t in zip(pred, y.bool()):
-            inter = (p & t).sum().item()
-            denom = p.sum().item() + t.sum().item()
-            dices.append(1.0 if denom == 0 else 2 * inter / denom)
+        dices += [_dice(p, t) for p, t in zip(pred, y.bool())]
     return sum(losses) / len(samples), float(np.mean(dices))
 
 
@@ -140,32 +183,49 @@ def train_refiner(run_dir: str | Path, cfg: RefineTrainConfig, *, overwrite: boo
     except ValueError as exc:
         raise ParameterError("input_size", str(exc)) from None
     entries = read_manifest(cfg.manifest)
-    sets = {}
+    sets, chosen = {}, {}
     for split in ("train", "val"):
-        chosen = [e for e in select(entries, split) if e.annotation is not None]
-        if not chosen:
+        chosen[split] = [e for e in select(entries, split) if e.annotation is not None]
+        if not chosen[split]:
             raise H2GNetError(cfg.manifest, f"has no annotated slides in the {split} split")
         sets[split] = [load_sample(e, cfg.heatmaps, cfg.input_size, use_heatmap=use_heat)
-                       for e in tqdm(chosen, desc=f"load {split}", unit="slide", disable=not cfg.progress)]
+                       for e in tqdm(chosen[split], desc=f"load {split}", unit="slide", disable=not cfg.progress)]
+    plan = plan_refiner(cfg, len(sets["train"]))
+    epochs = plan.epochs
+    print(f"train-refine {plan.describe('slides')}", file=sys.stderr)
+    plan.warn_if_short(f"give --total-steps (e.g. 1000; epochs follow), or lower --batch-size {cfg.batch_size} / "
+                       f"--accumulation {cfg.accumulation}, or more training slides")
+    heats = _heats(chosen["val"], sets["val"], cfg)
+    val_patchwise = patchwise_dice(heats, sets["val"]) if heats is not None else None
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     run.begin()
     progress = run.resume(model, optimizer)
-    with tqdm(total=cfg.epochs, initial=progress.epoch, desc=f"train-refine {cfg.arch}", unit="epoch",
+    with tqdm(total=epochs, initial=progress.epoch, desc=f"train-refine {cfg.arch}", unit="epoch",
               disable=not cfg.progress) as bar:
-        for epoch in range(progress.epoch, cfg.epochs):
+        for epoch in range(progress.epoch, epochs):
             if epoch - progress.best_epoch >= cfg.patience and progress.best_epoch > 0:
                 break
             rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, epoch]))
             t0 = time.perf_counter()
             train_loss = _train_epoch(model, sets["train"], cfg, optimizer, rng)
             val_loss, val_dice = _validate(model, sets["val"], cfg)
+            pw = {} if val_patchwise is None else {"val_dice_patchwise": val_patchwise}
             run.end_epoch(model, optimizer, progress, {"train_loss": train_loss, "val_loss": val_loss,
-                                                       "val_dice": val_dice, "seconds": time.perf_counter() - t0})
+                                                       "val_dice": val_dice, **pw,
+                                                       "seconds": time.perf_counter() - t0})
             bar.update(1)
-            bar.set_postfix(val_loss=f"{val_loss:.4f}", val_dice=f"{val_dice:.3f}", best=progress.best_epoch)
+            bar.set_postfix(val_loss=f"{val_loss:.4f}", val_dice=f"{val_dice:.3f}",
+                            **{k: f"{v:.3f}" for k, v in pw.items()}, best=progress.best_epoch)
     best_epoch = run.load_best(model)
-    export_refiner_onnx(model.eval(), run.dir / MODEL_FILE, cfg.input_size, arch=cfg.arch)
     _, val_dice = _validate(model, sets["val"], cfg)
-    metrics = {"best_epoch": best_epoch, "best_val_loss": progress.best_val_loss, "val_dice": val_dice}
+    line = verdict(val_dice, val_patchwise)
+    export_refiner_onnx(model.eval(), run.dir / MODEL_FILE, cfg.input_size, arch=cfg.arch,
+                        validation={"val_dice": val_dice, "val_dice_patchwise": val_patchwise})
+    metrics = {"best_epoch": best_epoch, "best_val_loss": progress.best_val_loss, "val_dice": val_dice,
+               "val_dice_patchwise": val_patchwise, "verdict": line, "plan": plan.as_dict()}
     run.write_metrics(metrics)
+    if val_patchwise is not None and val_dice < val_patchwise:
+        warnings.warn(line, UserWarning, stacklevel=2)
+    else:
+        print(line, file=sys.stderr)
     return metrics

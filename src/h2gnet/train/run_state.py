@@ -35,7 +35,7 @@ LOG_FILE = "log.csv"
 LAST_CHECKPOINT = "checkpoint_last.pt"
 BEST_CHECKPOINT = "checkpoint_best.pt"
 #: Config fields that may change between an interrupted run and its resumption.
-RESUMABLE_CHANGES = {"epochs", "workers", "progress", "threads", "patience"}
+RESUMABLE_CHANGES = {"epochs", "total_steps", "workers", "progress", "threads", "patience"}
 #: Key of the JSON state (UTF-8 bytes as a uint8 tensor) inside a checkpoint.
 STATE_KEY = "__state_json__"
 

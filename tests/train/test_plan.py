@@ -1,0 +1,68 @@
+"""Training plans in optimizer steps (no training here) and the refiner's verdict line."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from h2gnet.params import ParameterError
+from h2gnet.train.config import PatchTrainConfig, RefineTrainConfig
+from h2gnet.train.plan import MIN_OPTIMIZER_STEPS, plan_run
+
+
+def _refine(**kw) -> RefineTrainConfig:
+    return RefineTrainConfig(manifest="m.csv", heatmaps=None, **kw)
+
+
+def test_issue_cohort_gets_one_step_per_epoch() -> None:
+    pytest.importorskip("torch")
+    from h2gnet.train.refiner import plan_refiner
+
+    # issue 17: 10 training slides, batch 4 × accumulation 6, 40 epochs = 40 optimizer steps
+    plan = plan_refiner(_refine(epochs=40), 10)
+    assert (plan.samples, plan.batches, plan.steps, plan.epochs, plan.total_steps) == (10, 3, 1, 40, 40)
+    assert "3 batches of 4" in plan.describe("slides") and "= 40 optimizer steps" in plan.describe("slides")
+    # a step budget derives the epochs: 27 slides, batch 4, no accumulation = 7 steps/epoch
+    plan = plan_refiner(_refine(epochs=40, total_steps=500, accumulation=1), 27)
+    assert (plan.steps, plan.epochs, plan.total_steps) == (7, 72, 504)
+    # the last, partial accumulation of an epoch is a step (as the training loop does)
+    assert plan_run(26, 4, 1, accumulation=3).steps == 3  # 7 batches → 3 + 3 + 1
+
+
+def test_world_size_splits_the_samples() -> None:
+    plan = plan_run(40, 4, 10, accumulation=2, world_size=2)
+    assert (plan.batches, plan.steps, plan.total_steps) == (5, 3, 30)
+    assert "× 2 processes" in plan.describe()
+
+
+def test_patch_plan() -> None:
+    pytest.importorskip("torch")
+    from h2gnet.train.patch_classifier import plan_patch_training
+
+    plan = plan_patch_training(PatchTrainConfig(manifest="m", index_dir="i", epochs=6, steps=40, batch_size=32))
+    assert (plan.samples, plan.batches, plan.steps, plan.total_steps) == (1280, 40, 40, 240)
+
+
+def test_short_run_warns_with_numbers_and_advice() -> None:
+    with pytest.warns(UserWarning, match=r"only 40 optimizer steps .*1/epoch × 40 epochs.*--total-steps"):
+        assert plan_run(10, 4, 40, accumulation=6).warn_if_short("give --total-steps")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not plan_run(10, 4, MIN_OPTIMIZER_STEPS, accumulation=6).warn_if_short("x")
+        assert not plan_run(27, 4, 70).warn_if_short("x")  # the CPU ablation's refiner: 490 steps
+
+
+def test_total_steps_is_checked() -> None:
+    with pytest.raises(ParameterError, match="total_steps"):
+        _refine(total_steps=0)
+    assert _refine().total_steps is None  # default: --epochs decides, as before
+
+
+def test_verdict_lines() -> None:
+    pytest.importorskip("torch")
+    from h2gnet.train.refiner import verdict
+
+    assert verdict(0.8, 0.7) == "refinement improves validation Dice from 0.700 to 0.800"
+    assert verdict(0.33, 0.65).startswith("refinement makes validation Dice worse: 0.330 against 0.650")
+    assert "not compared" in verdict(0.5, None)
