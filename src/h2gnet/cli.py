@@ -120,10 +120,17 @@ def _patch_config(args: argparse.Namespace) -> PatchTrainConfig:
         workers=args.workers, seed=args.seed, threads=args.threads, progress=not args.quiet)
 
 
+def _rank_zero() -> bool:
+    """False on the other processes of a ``torchrun`` training (``RANK`` > 0)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _cmd_train_patch(args: argparse.Namespace) -> int:
     from h2gnet.train.patch_classifier import train_patch_classifier
 
     metrics = train_patch_classifier(args.output, _patch_config(args), overwrite=args.overwrite)
+    if not _rank_zero():
+        return 0  # under torchrun, rank 0 reports
     print(f"model: {Path(args.output) / 'model.onnx'} (best epoch {metrics['best_epoch']}, "
           f"val loss {metrics['best_val_loss']:.4f})")
     test = metrics.get("test")
@@ -245,6 +252,8 @@ def _cmd_train_refine(args: argparse.Namespace) -> int:
                             augment=not args.no_augment, seed=args.seed, threads=args.threads,
                             progress=not args.quiet)
     metrics = train_refiner(args.output, cfg, overwrite=args.overwrite)
+    if not _rank_zero():
+        return 0
     print(f"model: {Path(args.output) / 'model.onnx'} (best epoch {metrics['best_epoch']}, "
           f"validation Dice {metrics['val_dice']:.3f})")
     return 0

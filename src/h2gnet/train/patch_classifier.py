@@ -28,6 +28,16 @@ from h2gnet.train.augment import augment_patch
 from h2gnet.train.clustering import load_image_cluster_assigner
 from h2gnet.train.config import PatchTrainConfig
 from h2gnet.train.dataset import patch_stream
+from h2gnet.train.distributed import (
+    DistContext,
+    all_sum,
+    barrier,
+    distributed_run,
+    on_main,
+    rank_seed,
+    split_steps,
+    wrap,
+)
 from h2gnet.train.export import export_classifier_onnx
 from h2gnet.train.losses import cwce_loss
 from h2gnet.train.models import build_classifier
@@ -89,7 +99,20 @@ def _assign(assigner, size, x):
     return assigner(x)
 
 
-def _run_epoch(model, loader, steps, assigner, cluster_size, optimizer=None, bar=None) -> dict:
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               clusters: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step on a batch (CE, or CWCE with ``clusters``); returns (loss, logits), detached.
+    Under DDP the gradients are averaged over the ranks: 2 ranks × batch 4 make the step of one batch of 8."""
+    logits = model(x)
+    loss = _loss(logits, y, clusters)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), logits.detach()
+
+
+def _run_epoch(model, loader, assigner, cluster_size, optimizer=None, bar=None, ctx: DistContext | None = None) -> dict:
+    """One pass over ``loader`` (training when ``optimizer``); loss and balanced accuracy over all ranks."""
     training = optimizer is not None
     model.train(training)
     total, n, correct = 0.0, 0, np.zeros((2, 2))
@@ -98,12 +121,11 @@ def _run_epoch(model, loader, steps, assigner, cluster_size, optimizer=None, bar
         for x, y, _, _ in loader:
             x = x.contiguous(memory_format=torch.channels_last)
             clusters = _assign(assigner, cluster_size, x)
-            logits = model(x)
-            loss = _loss(logits, y, clusters)
             if training:
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                loss, logits = train_step(model, optimizer, x, y, clusters)
+            else:
+                logits = model(x)
+                loss = _loss(logits, y, clusters)
             total += loss.item() * len(y)
             n += len(y)
             pred = logits.argmax(1).numpy()
@@ -113,9 +135,13 @@ def _run_epoch(model, loader, steps, assigner, cluster_size, optimizer=None, bar
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{total / n:.4f}")
+    seconds = time.perf_counter() - t0
+    if ctx is not None and ctx.distributed:
+        total, n_all, *cells = all_sum([total, float(n), *correct.ravel()], ctx)
+        n, correct = int(n_all), np.asarray(cells).reshape(2, 2)
     recall = [correct[c, c] / correct[c].sum() for c in (0, 1) if correct[c].sum()]
     return {"loss": total / max(n, 1), "balanced_accuracy": float(np.mean(recall)) if recall else float("nan"),
-            "seconds": time.perf_counter() - t0, "samples": n}
+            "seconds": seconds, "samples": n}
 
 
 def plan_patch_training(cfg: PatchTrainConfig, world_size: int = 1) -> TrainingPlan:
@@ -127,43 +153,54 @@ def plan_patch_training(cfg: PatchTrainConfig, world_size: int = 1) -> TrainingP
 def train_patch_classifier(run_dir: str | Path, cfg: PatchTrainConfig, *, overwrite: bool = False) -> dict:
     """Train (or resume) in ``run_dir``; export ``model.onnx``; evaluate the test patches.
 
-    Returns the final metrics (also written to ``run_dir/metrics.json``).
+    Under ``torchrun`` each process is one DDP rank (see :mod:`h2gnet.train.distributed`): a step's global
+    batch is ``batch_size × world size``, rank 0 alone writes the run folder. Returns the final metrics
+    (also written to ``run_dir/metrics.json``).
     """
+    run = TrainingRun(run_dir, cfg, overwrite=overwrite)  # refuses a bad folder before any work
+    with distributed_run() as ctx:
+        return _train(run, cfg, ctx)
+
+
+def _train(run: TrainingRun, cfg: PatchTrainConfig, ctx: DistContext) -> dict:
     from tqdm.auto import tqdm
 
-    run = TrainingRun(run_dir, cfg, overwrite=overwrite)  # refuses a bad folder before any work
+    run.read_only = not ctx.is_main  # rank 0 writes the run folder
     set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     train_s, val_s, test_ix = _samplers(cfg)
     patch_size, patch_mpp = train_s.indexes[0].patch_size, train_s.indexes[0].patch_mpp
     input_size = cfg.input_size or patch_size
     model = build_classifier(cfg.arch, cfg.n_classes, cfg.weights).to(memory_format=torch.channels_last)
+    net = wrap(model, ctx)  # DDP on several ranks (rank 0's weights broadcast), the model itself on one
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    barrier(ctx)  # every rank has read the run folder before rank 0 writes it
     run.begin()
-    progress = run.resume(model, optimizer)
+    progress = run.resume(model, optimizer)  # every rank: the same checkpoint
     assigner, cluster_size = _cluster_assigner(cfg)
-    plan = plan_patch_training(cfg)
-    print(f"train-patch {plan.describe('patches')}", file=sys.stderr)
-    plan.warn_if_short(f"raise --epochs {cfg.epochs} or --steps {cfg.steps} (batches per epoch)")
-    total_steps = (cfg.epochs - progress.epoch) * (cfg.steps + cfg.val_steps)
-    with tqdm(total=total_steps, desc="train-patch", unit="batch", disable=not cfg.progress) as bar:
+    plan = plan_patch_training(cfg, ctx.world_size)
+    if ctx.is_main:
+        print(f"train-patch {plan.describe('patches')}", file=sys.stderr)
+        plan.warn_if_short(f"raise --epochs {cfg.epochs} or --steps {cfg.steps} (batches per epoch)")
+    seed = rank_seed(cfg.seed, ctx.rank)  # each rank its own part of the sampling stream
+    val_steps = split_steps(cfg.val_steps, ctx)
+    total_steps = (cfg.epochs - progress.epoch) * (cfg.steps + val_steps)
+    with tqdm(total=total_steps, desc="train-patch", unit="batch", disable=not (cfg.progress and ctx.is_main)) as bar:
         for epoch in range(progress.epoch, cfg.epochs):
             bar.set_description(f"train-patch epoch {epoch + 1}/{cfg.epochs}")
-            train_loader = _loader(train_s, cfg, _seed(cfg.seed, epoch), cfg.steps, augment=cfg.augment,
+            train_loader = _loader(train_s, cfg, _seed(seed, epoch), cfg.steps, augment=cfg.augment,
                                    input_size=input_size)
-            tr = _run_epoch(model, train_loader, cfg.steps, assigner, cluster_size, optimizer, bar)
-            val_loader = _loader(val_s, cfg, _seed(cfg.seed, -1), cfg.val_steps, augment=False, input_size=input_size)
-            va = _run_epoch(model, val_loader, cfg.val_steps, assigner, cluster_size, None, bar)
+            tr = _run_epoch(net, train_loader, assigner, cluster_size, optimizer, bar, ctx)
+            val_loader = _loader(val_s, cfg, _seed(seed, -1), val_steps, augment=False, input_size=input_size)
+            va = _run_epoch(model, val_loader, assigner, cluster_size, None, bar, ctx)  # summed over ranks
             run.end_epoch(model, optimizer, progress, {
                 "train_loss": tr["loss"], "train_balanced_accuracy": tr["balanced_accuracy"],
                 "val_loss": va["loss"], "val_balanced_accuracy": va["balanced_accuracy"],
-                "seconds_per_step": tr["seconds"] / max(cfg.steps, 1)})
-    best_epoch = run.load_best(model)
-    onnx_path = export_classifier_onnx(model.eval(), run.dir / MODEL_FILE, input_size,
-                                       mpp=patch_mpp * patch_size / input_size, arch=cfg.arch)
-    metrics: dict = {"best_epoch": best_epoch, "best_val_loss": progress.best_val_loss, "plan": plan.as_dict()}
-    if test_ix:
-        metrics["test"] = evaluate_patch_model(onnx_path, test_ix, cfg.eval_per_class, cfg.seed,
-                                               progress=cfg.progress)
-    run.write_metrics(metrics)
-    return metrics
+    plan = plan_patch_training(cfg, ctx.world_size)
+    if ctx.is_main:
+        print(f"train-patch {plan.describe('patches')}", file=sys.stderr)
+        plan.warn_if_short(f"raise --epochs {cfg.epochs} or --steps {cfg.steps} (batches per epoch)")
+    seed = rank_seed(cfg.seed, ctx.rank)  # each rank its own part of the sampling stream
+    val_steps = split_steps(cfg.val_steps, ctx)
+    total_steps = (cfg.epochs - progress.epoch) * (cfg.steps + val_steps)
+    with tqdm(total=total_steps, desc="train-patch", unit="batch", disable=not (cfg.progress and ctx.is_main)) as bar:

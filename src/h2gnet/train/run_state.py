@@ -143,6 +143,8 @@ class TrainingRun:
     def __init__(self, run_dir: str | Path, config: Any, *, overwrite: bool = False) -> None:
         self.dir = Path(run_dir)
         self.overwrite = overwrite
+        #: True on the ranks > 0 of a torchrun training: they resume and follow the progress, rank 0 writes
+        self.read_only = False
         self.config = json.loads(json.dumps({**asdict(config), "h2gnet_version": __version__}, default=str))
         if self.dir.exists() and not self.dir.is_dir():
             raise H2GNetError(self.dir, "is a file; a run folder is needed")
@@ -170,6 +172,8 @@ class TrainingRun:
 
     def begin(self) -> None:
         """Create the folder and write ``config.json`` (with ``overwrite``, first drop the old run's files)."""
+        if self.read_only:
+            return
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -196,7 +200,8 @@ class TrainingRun:
             torch.set_rng_state(ckpt["torch_rng"])
         epoch = int(ckpt["epoch"])
         progress = Progress(epoch, float(ckpt["best_val_loss"]), int(ckpt.get("best_epoch", epoch)))
-        truncate_log(self.dir, epoch)
+        if not self.read_only:
+            truncate_log(self.dir, epoch)
         return progress
 
     def end_epoch(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, progress: Progress,
@@ -205,11 +210,14 @@ class TrainingRun:
         (``epoch``, ``row``…, ``best``), then the last checkpoint. Updates ``progress``; True if improved."""
         epoch = progress.epoch + 1
         improved = row["val_loss"] < progress.best_val_loss
+        progress.epoch = epoch
         if improved:
             progress.best_val_loss, progress.best_epoch = float(row["val_loss"]), epoch
+        if self.read_only:
+            return improved
+        if improved:
             save_checkpoint(self.dir / BEST_CHECKPOINT, {"model": model.state_dict(), "epoch": epoch})
         append_log(self.dir, {"epoch": epoch, **row, "best": int(improved)})
-        progress.epoch = epoch
         save_checkpoint(self.dir / LAST_CHECKPOINT, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                                      "torch_rng": torch.get_rng_state(), **asdict(progress)})
         return improved
@@ -222,6 +230,8 @@ class TrainingRun:
 
     def write_metrics(self, metrics: dict) -> None:
         """``metrics.json``: the run's final figures."""
+        if self.read_only:
+            return
         write_text(self.dir / METRICS_FILE, json.dumps(metrics, indent=2))
 
 
