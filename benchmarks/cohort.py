@@ -11,10 +11,12 @@ that step only). Then segments the cohort patch-wise (``--no-refine``) three tim
 * ``--workers 1``: a LocalCluster of one worker process with all cores;
 * ``--workers 2``: two worker processes with cores/2 threads each, one slide at a time per worker.
 
-Prints, per mode, the cluster start-up seconds, the cohort's wall seconds (without start-up), slides
-per hour (with and without start-up) and the ratio to the in-process run; and Dask's overhead per
-slide: (wall of the ``--workers 1`` run - the sum of its tasks' own seconds) / slides, as a share of a
-slide's seconds. The last line is a JSON object with all figures. Note the machine's load (printed).
+Each mode runs twice, in the order in-process, 1, 2, 2, 1, in-process, so that a load drifting during
+the benchmark weighs on every mode alike. Prints, per run, the cluster start-up seconds, the cohort's
+wall seconds (without start-up) and slides per hour; then, over both runs of each mode, the ratio of
+its throughput to the in-process run; and Dask's overhead per slide: (wall of the ``--workers 1`` runs
+- the sum of their tasks' own seconds) / slides, as a share of a slide's seconds. The last line is a JSON
+object with all figures. Note the machine's load (printed).
 """
 
 from __future__ import annotations
@@ -105,20 +107,31 @@ def main() -> None:
     print(f"{len(slides)} slides of {args.width}x{args.height} px at 0.5 µm/px, {visible_cores()} cores, "
           f"load before: {os.getloadavg()[0]:.2f}")
 
-    results = {}
-    for name, workers in (("in-process", 0), ("workers-1", 1), ("workers-2", 2)):
-        results[name] = r = run_mode(workers, slides, model, args.cache / f"out-{name}")
+    # ABCCBA: each mode runs twice, in mirrored order, so a load that drifts during the benchmark (other
+    # processes on the machine) weighs on every mode alike; figures are the sums of both runs
+    modes = (("in-process", 0), ("workers-1", 1), ("workers-2", 2))
+    runs: dict[str, list[dict]] = {name: [] for name, _ in modes}
+    for name, workers in (*modes, *reversed(modes)):
+        r = run_mode(workers, slides, model, args.cache / f"out-{name}")
+        runs[name].append(r)
         print(f"{name:>11}: start-up {r['startup_s']:6.2f} s, cohort {r['wall_s']:7.2f} s, "
               f"{r['slides_per_hour']:7.1f} slides/h ({r['slides_per_hour_with_startup']:7.1f} with start-up), "
-              f"load {os.getloadavg()[0]:.2f}")
+              f"load {os.getloadavg()[0]:.2f}", flush=True)
+    n = 2 * len(slides)
+    results = {}
+    for name, pair in runs.items():
+        wall, total, task = (sum(r[k] for r in pair) for k in ("wall_s", "total_s", "task_s"))
+        results[name] = {"wall_s": round(wall, 2), "total_s": round(total, 2), "task_s": round(task, 2),
+                         "slides_per_hour": round(n / wall * 3600, 1),
+                         "slides_per_hour_with_startup": round(n / total * 3600, 1), "runs": pair}
     base = results["in-process"]["wall_s"]
     for r in results.values():
         r["throughput_vs_in_process"] = round(base / r["wall_s"], 3)
         r["throughput_vs_in_process_with_startup"] = round(base / r["total_s"], 3)
     one = results["workers-1"]
-    per_slide = one["task_s"] / len(slides)
-    overhead = (one["wall_s"] - one["task_s"]) / len(slides)
-    vs_local = (one["wall_s"] - base) / len(slides)
+    per_slide = one["task_s"] / n
+    overhead = (one["wall_s"] - one["task_s"]) / n
+    vs_local = (one["wall_s"] - base) / n
     figures = {"slides": len(slides), "cores": visible_cores(), "modes": results,
                "dask_overhead_s_per_slide": round(overhead, 3),
                "workers1_minus_in_process_s_per_slide": round(vs_local, 3),

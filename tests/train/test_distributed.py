@@ -121,3 +121,30 @@ def test_torchrun_two_processes_train_and_export(mini_cohort: Path, tmp_path: Pa
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len((run / "log.csv").read_text().splitlines()) == 4
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_refine(mini_cohort: Path, tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    run = tmp_path / "ddp-refine"
+    script = tmp_path / "refine.py"  # the library call (the CLI has no --filters for a tiny network)
+    script.write_text(
+        "import sys\n"
+        "from h2gnet.train.refiner import RefineTrainConfig, train_refiner\n"
+        f"cfg = RefineTrainConfig(manifest={str(mini_cohort / 'manifest.csv')!r}, heatmaps=None, arch='unet-lr',\n"
+        "                        input_size=256, epochs=2, batch_size=1, accumulation=2,\n"
+        "                        filters=(4, 8, 8, 8, 8, 8, 8, 16),\n"
+        "                        threads=1, progress=False)\n"
+        f"metrics = train_refiner({str(run)!r}, cfg)\n"
+        "print('val dice', metrics['val_dice'])\n")
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(_free_port()), str(script)]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("val dice") == 2  # both ranks return the metrics rank 0 wrote
+    session = ort.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
+    out = session.run(None, {session.get_inputs()[0].name: np.random.rand(1, 3, 256, 256).astype(np.float32)})[0]
+    assert out.shape[0] == 1 and np.isfinite(out).all()
+    log = (run / "log.csv").read_text().splitlines()
+    assert len(log) == 3 and log[1].endswith(",2")  # two epochs, written once, world size 2

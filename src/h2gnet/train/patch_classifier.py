@@ -196,11 +196,17 @@ def _train(run: TrainingRun, cfg: PatchTrainConfig, ctx: DistContext) -> dict:
             run.end_epoch(model, optimizer, progress, {
                 "train_loss": tr["loss"], "train_balanced_accuracy": tr["balanced_accuracy"],
                 "val_loss": va["loss"], "val_balanced_accuracy": va["balanced_accuracy"],
-    plan = plan_patch_training(cfg, ctx.world_size)
-    if ctx.is_main:
-        print(f"train-patch {plan.describe('patches')}", file=sys.stderr)
-        plan.warn_if_short(f"raise --epochs {cfg.epochs} or --steps {cfg.steps} (batches per epoch)")
-    seed = rank_seed(cfg.seed, ctx.rank)  # each rank its own part of the sampling stream
-    val_steps = split_steps(cfg.val_steps, ctx)
-    total_steps = (cfg.epochs - progress.epoch) * (cfg.steps + val_steps)
-    with tqdm(total=total_steps, desc="train-patch", unit="batch", disable=not (cfg.progress and ctx.is_main)) as bar:
+                "seconds_per_step": tr["seconds"] / max(cfg.steps, 1), "world_size": ctx.world_size})
+
+    def finish() -> dict:
+        best_epoch = run.load_best(model)
+        onnx_path = export_classifier_onnx(model.eval(), run.dir / MODEL_FILE, input_size,
+                                           mpp=patch_mpp * patch_size / input_size, arch=cfg.arch)
+        metrics: dict = {"best_epoch": best_epoch, "best_val_loss": progress.best_val_loss, "plan": plan.as_dict()}
+        if test_ix:
+            metrics["test"] = evaluate_patch_model(onnx_path, test_ix, cfg.eval_per_class, cfg.seed,
+                                                   progress=cfg.progress)
+        run.write_metrics(metrics)
+        return metrics
+
+    return on_main(ctx, finish)  # rank 0 exports and evaluates; every rank returns its metrics

@@ -10,6 +10,7 @@ validation loss (patience 100, at most 1000 epochs); resumable.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 import warnings
@@ -30,6 +31,16 @@ from h2gnet.io.slides import open_slide
 from h2gnet.params import ParameterError
 from h2gnet.train.augment import augment_refinement
 from h2gnet.train.config import RefineTrainConfig
+from h2gnet.train.distributed import (
+    DistContext,
+    all_sum,
+    barrier,
+    distributed_run,
+    on_main,
+    rank_seed,
+    unwrap,
+    wrap,
+)
 from h2gnet.train.export import export_refiner_onnx
 from h2gnet.train.losses import dice_loss
 from h2gnet.train.models import build_refiner
@@ -73,7 +84,7 @@ def _augment(sample: Sample, rng: np.random.Generator) -> tuple[np.ndarray, np.n
 
 def _loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
-    outputs = model(x, return_aux=True) if getattr(model, "has_aux", False) else model(x)
+    outputs = model(x, return_aux=True) if getattr(unwrap(model), "has_aux", False) else model(x)
     if isinstance(outputs, torch.Tensor):
         return dice_loss(outputs, y)
     losses = []
@@ -84,18 +95,33 @@ def _loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.stack(losses).mean()
 
 
-def _train_epoch(model, samples, cfg, optimizer, rng) -> float:
+def _train_epoch(model, samples, cfg, optimizer, rng, ctx: DistContext | None = None) -> float:
+    """One epoch over the training slides in a random order, ``accumulation`` batches per update.
+
+    On several ranks every rank draws the same order (``rng``), takes every ``world size``-th batch (the
+    order padded by its start so all ranks make the same number of updates) and augments with its own
+    generator; the gradients of one update are averaged over ranks once, on its last batch."""
     model.train()
     order = rng.permutation(len(samples))
+    aug_rng = rng
+    if ctx is not None and ctx.distributed:
+        per_step = cfg.batch_size * ctx.world_size
+        order = np.resize(order, -(-len(order) // per_step) * per_step)  # pad by repeating the order's start
+        order = order.reshape(-1, ctx.world_size, cfg.batch_size)[:, ctx.rank].ravel()
+        epoch_key = int(rng.integers(2**31))
+        aug_rng = np.random.default_rng(np.random.SeedSequence([rank_seed(cfg.seed, ctx.rank), epoch_key]))
     optimizer.zero_grad(set_to_none=True)
     total, n_batches, pending = 0.0, 0, 0
+    n_total = -(-len(order) // cfg.batch_size)
     for start in range(0, len(order), cfg.batch_size):
         chosen = [samples[i] for i in order[start:start + cfg.batch_size]]
-        pairs = [_augment(s, rng) if cfg.augment else (s.x, s.y) for s in chosen]
+        pairs = [_augment(s, aug_rng) if cfg.augment else (s.x, s.y) for s in chosen]
         x = torch.from_numpy(np.stack([p[0] for p in pairs]))
         y = torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.int64))
-        loss = _loss(model, x, y)
-        (loss / cfg.accumulation).backward()
+        steps_now = pending + 1 == cfg.accumulation or n_batches + 1 == n_total
+        with contextlib.nullcontext() if steps_now or not hasattr(model, "no_sync") else model.no_sync():
+            loss = _loss(model, x, y)
+            (loss / cfg.accumulation).backward()
         total += loss.item()
         n_batches += 1
         pending += 1
@@ -106,6 +132,9 @@ def _train_epoch(model, samples, cfg, optimizer, rng) -> float:
     if pending:  # the epoch's last, partial accumulation still counts
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    if ctx is not None and ctx.distributed:
+        total, n_all = all_sum([total, float(n_batches)], ctx)
+        return total / max(n_all, 1)
     return total / max(n_batches, 1)
 
 
@@ -170,10 +199,21 @@ def _validate(model, samples, cfg) -> tuple[float, float]:
 
 
 def train_refiner(run_dir: str | Path, cfg: RefineTrainConfig, *, overwrite: bool = False) -> dict:
-    """Train (or resume) in ``run_dir``; export ``model.onnx``; return the final metrics."""
+    """Train (or resume) in ``run_dir``; export ``model.onnx``; return the final metrics.
+
+    Under ``torchrun`` each process is one DDP rank (see :mod:`h2gnet.train.distributed`): a batch of an
+    update is ``batch_size × world size`` slides, rank 0 alone writes the run folder.
+    """
+    run = TrainingRun(run_dir, cfg, overwrite=overwrite)  # refuses a bad folder before any work
+    with distributed_run() as ctx:
+        return _train(run, cfg, ctx)
+
+
+def _train(run: TrainingRun, cfg: RefineTrainConfig, ctx: DistContext) -> dict:
     from tqdm.auto import tqdm
 
-    run = TrainingRun(run_dir, cfg, overwrite=overwrite)  # refuses a bad folder before any work
+    run.read_only = not ctx.is_main  # rank 0 writes the run folder
+    show = cfg.progress and ctx.is_main
     set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     use_heat = cfg.arch != "unet-lr"
@@ -189,43 +229,51 @@ def train_refiner(run_dir: str | Path, cfg: RefineTrainConfig, *, overwrite: boo
         if not chosen[split]:
             raise H2GNetError(cfg.manifest, f"has no annotated slides in the {split} split")
         sets[split] = [load_sample(e, cfg.heatmaps, cfg.input_size, use_heatmap=use_heat)
-                       for e in tqdm(chosen[split], desc=f"load {split}", unit="slide", disable=not cfg.progress)]
+                       for e in tqdm(chosen[split], desc=f"load {split}", unit="slide", disable=not show)]
     plan = plan_refiner(cfg, len(sets["train"]))
     epochs = plan.epochs
-    print(f"train-refine {plan.describe('slides')}", file=sys.stderr)
-    plan.warn_if_short(f"give --total-steps (e.g. 1000; epochs follow), or lower --batch-size {cfg.batch_size} / "
-                       f"--accumulation {cfg.accumulation}, or more training slides")
+    if ctx.is_main:
+        print(f"train-refine {plan.describe('slides')}", file=sys.stderr)
+        plan.warn_if_short(f"give --total-steps (e.g. 1000; epochs follow), or lower --batch-size "
+                           f"{cfg.batch_size} / --accumulation {cfg.accumulation}, or more training slides")
     heats = _heats(chosen["val"], sets["val"], cfg)
     val_patchwise = patchwise_dice(heats, sets["val"]) if heats is not None else None
+    net = wrap(model, ctx)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    barrier(ctx)  # every rank has read the run folder before rank 0 writes it
     run.begin()
     progress = run.resume(model, optimizer)
     with tqdm(total=epochs, initial=progress.epoch, desc=f"train-refine {cfg.arch}", unit="epoch",
-              disable=not cfg.progress) as bar:
+              disable=not show) as bar:
         for epoch in range(progress.epoch, epochs):
             if epoch - progress.best_epoch >= cfg.patience and progress.best_epoch > 0:
                 break
             rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, epoch]))
             t0 = time.perf_counter()
-            train_loss = _train_epoch(model, sets["train"], cfg, optimizer, rng)
-            val_loss, val_dice = _validate(model, sets["val"], cfg)
+            train_loss = _train_epoch(net, sets["train"], cfg, optimizer, rng, ctx)
+            val_loss, val_dice = _validate(model, sets["val"], cfg)  # every rank: the same slides and weights
             pw = {} if val_patchwise is None else {"val_dice_patchwise": val_patchwise}
             run.end_epoch(model, optimizer, progress, {"train_loss": train_loss, "val_loss": val_loss,
                                                        "val_dice": val_dice, **pw,
-                                                       "seconds": time.perf_counter() - t0})
+                                                       "seconds": time.perf_counter() - t0,
+                                                       "world_size": ctx.world_size})
             bar.update(1)
             bar.set_postfix(val_loss=f"{val_loss:.4f}", val_dice=f"{val_dice:.3f}",
                             **{k: f"{v:.3f}" for k, v in pw.items()}, best=progress.best_epoch)
-    best_epoch = run.load_best(model)
-    _, val_dice = _validate(model, sets["val"], cfg)
-    line = verdict(val_dice, val_patchwise)
-    export_refiner_onnx(model.eval(), run.dir / MODEL_FILE, cfg.input_size, arch=cfg.arch,
-                        validation={"val_dice": val_dice, "val_dice_patchwise": val_patchwise})
-    metrics = {"best_epoch": best_epoch, "best_val_loss": progress.best_val_loss, "val_dice": val_dice,
-               "val_dice_patchwise": val_patchwise, "verdict": line, "plan": plan.as_dict()}
-    run.write_metrics(metrics)
-    if val_patchwise is not None and val_dice < val_patchwise:
-        warnings.warn(line, UserWarning, stacklevel=2)
-    else:
-        print(line, file=sys.stderr)
-    return metrics
+
+    def finish() -> dict:
+        best_epoch = run.load_best(model)
+        _, val_dice = _validate(model, sets["val"], cfg)
+        line = verdict(val_dice, val_patchwise)
+        export_refiner_onnx(model.eval(), run.dir / MODEL_FILE, cfg.input_size, arch=cfg.arch,
+                            validation={"val_dice": val_dice, "val_dice_patchwise": val_patchwise})
+        metrics = {"best_epoch": best_epoch, "best_val_loss": progress.best_val_loss, "val_dice": val_dice,
+                   "val_dice_patchwise": val_patchwise, "verdict": line, "plan": plan.as_dict()}
+        run.write_metrics(metrics)
+        if val_patchwise is not None and val_dice < val_patchwise:
+            warnings.warn(line, UserWarning, stacklevel=2)
+        else:
+            print(line, file=sys.stderr)
+        return metrics
+
+    return on_main(ctx, finish)  # rank 0 exports; every rank returns the metrics
