@@ -53,6 +53,20 @@ def test_in_process_outcomes_status_and_shared_cache(tmp_path: Path) -> None:
     assert again["slide1"]["status"] == "failed" and again["slide2"]["status"] == "done"
 
 
+def test_worker_folder_probe_names_what_is_wrong(tmp_path: Path) -> None:
+    from h2gnet.cohort.engine import _probe_folder
+
+    (tmp_path / ".probe").write_bytes(b"")
+    assert _probe_folder(str(tmp_path), ".probe") is None
+    assert "does not see it" in _probe_folder(str(tmp_path), ".other-probe")  # another machine's folder
+    if os.geteuid() != 0:  # root writes anywhere
+        tmp_path.chmod(0o500)
+        try:
+            assert "cannot write it" in _probe_folder(str(tmp_path), ".probe")
+        finally:
+            tmp_path.chmod(0o700)
+
+
 def test_config_is_validated() -> None:
     with pytest.raises(H2GNetError, match="not both"):
         EngineConfig(workers=2, scheduler="tcp://127.0.0.1:1")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import shutil
 import signal
@@ -78,3 +79,29 @@ def test_killing_a_worker_loses_no_slide(mini_cohort: Path, patch_run: Path, tmp
     with deadline(60):
         again = segment_many(slides, out, cfg)
     assert {v["status"] for v in again.values()} == {"skipped"}
+
+
+@pytest.mark.slow
+def test_heatmaps_and_evaluation_on_a_worker_match_in_process(mini_cohort: Path, patch_run: Path,
+                                                              tmp_path: Path) -> None:
+    from h2gnet.evaluation.predictions import evaluate_predictions
+    from h2gnet.infer.heatmap import heatmap_cohort, load_heatmap
+    from h2gnet.infer.runtime import OnnxModel
+    from h2gnet.io.manifest import read_manifest
+
+    entries = read_manifest(mini_cohort / "manifest.csv")
+    model = OnnxModel(patch_run / "model.onnx", "patch-classifier")
+    cfg = SegmentConfig(patch_model=patch_run / "model.onnx", progress=False)
+    slides = [str(e.slide) for e in entries]
+    assert not heatmap_cohort(entries, tmp_path / "heat-local", model, progress=False)
+    segment_many(slides, tmp_path / "pred", cfg)
+    local_rows = evaluate_predictions(entries, tmp_path / "pred", progress=False)
+    with deadline(240), Engine(EngineConfig(workers=1)) as engine:
+        assert not heatmap_cohort(entries, tmp_path / "heat-dask", model, progress=False, engine=engine)
+        dask_rows = evaluate_predictions(entries, tmp_path / "pred", progress=False, engine=engine)
+    assert json.dumps(dask_rows) == json.dumps(local_rows)  # NaN precision on an empty prediction too
+    for e in entries:
+        a, _ = load_heatmap(tmp_path / "heat-local" / f"{e.key}.heatmap.tiff")
+        b, _ = load_heatmap(tmp_path / "heat-dask" / f"{e.key}.heatmap.tiff")
+        assert (a.array == b.array).all()
+    assert "done" in (tmp_path / "heat-dask" / "status.csv").read_text()
