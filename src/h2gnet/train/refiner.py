@@ -230,7 +230,7 @@ def _train(run: TrainingRun, cfg: RefineTrainConfig, ctx: DistContext) -> dict:
             raise H2GNetError(cfg.manifest, f"has no annotated slides in the {split} split")
         sets[split] = [load_sample(e, cfg.heatmaps, cfg.input_size, use_heatmap=use_heat)
                        for e in tqdm(chosen[split], desc=f"load {split}", unit="slide", disable=not show)]
-    plan = plan_refiner(cfg, len(sets["train"]))
+    plan = plan_refiner(cfg, len(sets["train"]), ctx.world_size)
     epochs = plan.epochs
     if ctx.is_main:
         print(f"train-refine {plan.describe('slides')}", file=sys.stderr)
