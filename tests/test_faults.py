@@ -41,14 +41,14 @@ def _status(out: Path) -> dict[str, dict]:
 def test_segment_memory_error_fails_one_slide_only(cohort: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     import h2gnet.infer.segment as seg
 
-    real = seg.detect_tissue
+    real = seg.tissue_for
 
     def exploding(slide, *a, **k):
         if slide.name == "b":
             raise MemoryError("Unable to allocate 11.0 GiB")
         return real(slide, *a, **k)
 
-    monkeypatch.setattr(seg, "detect_tissue", exploding)
+    monkeypatch.setattr(seg, "tissue_for", exploding)
     out = tmp_path / "out"
     code = main(["-q", "segment", str(cohort / "a.tiff"), str(cohort / "b.tiff"), str(cohort / "c.tiff"),
                  "--no-refine", "--patch-model", str(cohort / "patch.onnx"), "-o", str(out)])

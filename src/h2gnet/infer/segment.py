@@ -56,7 +56,7 @@ from h2gnet.outputs.mask_tiff import write_mask_tiff
 from h2gnet.outputs.overlay import render_overlay, write_png
 from h2gnet.params import Rule, check_fields, param
 from h2gnet.patches.grid import MIN_TISSUE
-from h2gnet.patches.tissue import detect_tissue, tissue_area_mm2
+from h2gnet.patches.tissue import tissue_area_mm2
 
 OVERLAY_MAX_SIDE = 2048
 
@@ -172,8 +172,7 @@ def segment_slide(slide: Slide | str | Path, out_dir: str | Path, models: Models
     paths = slide_outputs(out_dir, slide.name).as_dict()
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    rule = models.patch.card.tissue if models.patch is not None and models.patch.card is not None else None
-    tissue = detect_tissue(slide) if rule is None else tissue_for(slide, models.patch)
+    tissue = tissue_for(slide, models.patch)  # h2gnet's HSV rule unless the patch model's card names another
     timings["tissue"] = time.perf_counter() - t
     stats = HeatmapStats()
     heat = None
