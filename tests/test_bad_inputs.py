@@ -480,6 +480,8 @@ CASES: list[Case] = [
         ["synth", str(t / "out"), o, v], [o, f"(got {v})"], t / "out"))
       for o, v in [("--slides", "0"), ("--slides", "-3"), ("--width", "10"), ("--mpp", "9"), ("--mpp", "0"),
                    ("--val-fraction", "1.5"), ("--test-fraction", "-0.1")]],
+    Case("synth-unknown-stain-set", lambda c, t: (
+        ["synth", str(t / "out"), "--stain-set", "purple"], ["--stain-set", "purple", "alternative"], t / "out")),
     Case("synth-fractions-leave-no-training", lambda c, t: (
         ["synth", str(t / "out"), "--val-fraction", "0.6", "--test-fraction", "0.5"],
         ["--test-fraction", "leave training slides"], t / "out")),
@@ -505,6 +507,9 @@ CASES: list[Case] = [
     Case("ablation-cohort-no-slides", lambda c, t: (
         ["ablation", "-o", str(t / "out"), "--config", str(_toml(t, "[cohort]\nslides = 0\n"))],
         ["study.toml", "[cohort] slides"], t / "out")),
+    Case("ablation-cohort-stain-set", lambda c, t: (
+        ["ablation", "-o", str(t / "out"), "--config", str(_toml(t, '[cohort]\nstain_set = "purple"\n'))],
+        ["study.toml", "[cohort] stain_set", "alternative", "(got 'purple')"], t / "out")),
     Case("ablation-evaluate-mpp", lambda c, t: (
         ["ablation", "-o", str(t / "out"), "--config", str(_toml(t, "[evaluate]\nmpp = 0\n"))],
         ["study.toml", "[evaluate] mpp", "µm/px"], t / "out")),

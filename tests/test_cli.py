@@ -81,3 +81,15 @@ def test_synth_command(tmp_path: Path, capsys) -> None:
                  "--height", "1024"]) == 0
     manifest = (tmp_path / "c" / "manifest.csv").read_text().splitlines()
     assert manifest[0] == "slide,annotation,grade,split" and len(manifest) == 3
+
+
+def test_synth_command_with_alternative_stain_set(tmp_path: Path, capsys) -> None:
+    import openslide
+
+    assert main(["-q", "synth", str(tmp_path / "c"), "--slides", "1", "--seed", "2", "--width", "512",
+                 "--height", "512", "--mpp", "0.4", "--stain-set", "alternative"]) == 0
+    assert "alternative stains" in capsys.readouterr().out
+    slide = openslide.OpenSlide(tmp_path / "c" / "slides" / "phantom_000.tiff")
+    assert "stain_set=alternative" in slide.properties["tiff.ImageDescription"]
+    assert float(slide.properties["openslide.mpp-x"]) == pytest.approx(0.4)
+    assert len((tmp_path / "c" / "manifest.csv").read_text().splitlines()) == 2

@@ -62,11 +62,11 @@ def _option_name(parser: argparse.ArgumentParser, args: argparse.Namespace, name
 def _cmd_synth(args: argparse.Namespace) -> int:
 
     cfg = CohortConfig(args.slides, args.seed, args.width, args.height, args.mpp, args.val_fraction,
-                       args.test_fraction)
+                       args.test_fraction, args.stain_set)
     manifest = make_cohort(args.out_dir, n_slides=cfg.slides, seed=cfg.seed, width=cfg.width, height=cfg.height,
                            mpp=cfg.mpp, progress=not args.quiet, val_fraction=cfg.val_fraction,
-                           test_fraction=cfg.test_fraction)
-    print(f"phantom cohort: {manifest}")
+                           test_fraction=cfg.test_fraction, stain_set=cfg.stain_set)
+    print(f"phantom cohort ({cfg.stain_set} stains): {manifest}")
     return 0
 
 
@@ -488,7 +488,7 @@ def _add_evaluation(sub: argparse._SubParsersAction) -> None:
 def _add_foundation(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="generate a phantom H&E cohort (slides, annotations, manifest)")
     p.add_argument("out_dir", type=Path)
-    for name in ("slides", "seed", "width", "height", "mpp", "val_fraction", "test_fraction"):
+    for name in ("slides", "seed", "width", "height", "mpp", "val_fraction", "test_fraction", "stain_set"):
         add_param(p, CohortConfig, name)
     p.set_defaults(func=_cmd_synth)
 

@@ -12,10 +12,13 @@ import openslide
 import pytest
 
 from h2gnet.errors import H2GNetError
+from h2gnet.params import ParameterError
 from h2gnet.synth import make_cohort, make_slide_spec, plan_cohort, render_slide, tumour_geojson
 from h2gnet.synth.cells import CellGrid, nearest_two
 from h2gnet.synth.noise import fbm_grid, fbm_points, noise_grid, noise_points
 from h2gnet.synth.scene import SceneRenderer
+from h2gnet.synth.slide import slide_description
+from h2gnet.synth.style import STAIN_SETS, random_stain
 
 W, H = 2048, 1536
 
@@ -370,3 +373,71 @@ def test_make_cohort_resumes_without_rerendering(tmp_path) -> None:
     make_cohort(tmp_path, n_slides=2, seed=4, width=1024, height=1024, progress=False, workers=1)
     assert slides[0].exists() and slides[1].stat().st_mtime_ns == stamps[slides[1]]
     assert manifest.exists()
+
+
+# -- stain sets -------------------------------------------------------------------------------------
+def test_default_stain_set_is_unchanged() -> None:
+    """The reference set draws the very stain it drew before stain sets existed (recorded values)."""
+    spec = make_slide_spec(11, 2, 1024, 768, 0.5, (1, 2))
+    stain = spec.stain
+    assert spec.stain_set == "reference"
+    assert stain.h_od.tolist() == [0.5806336130383863, 0.7432144655826646, 0.3324106880933038]
+    assert stain.e_od.tolist() == [0.12675956356476994, 0.9114709080543022, 0.39134741191878986]
+    assert (stain.h_scale, stain.e_scale) == (1.1453131697365155, 1.1649507381585784)
+    assert stain.glass_od.tolist() == [0.046170453076489426, 0.04569053334586507, 0.04243008562265839]
+    same = make_slide_spec(11, 2, 1024, 768, 0.5, (1, 2), stain_set="reference").stain
+    assert np.array_equal(same.od_matrix(), stain.od_matrix()) and np.array_equal(same.glass_od, stain.glass_od)
+    assert "stain_set" not in slide_description(spec)  # reference slides keep their bytes
+
+
+def test_stain_sets_draw_alike_from_the_generator() -> None:
+    """Every set makes the same draws, so whatever is drawn after the stain stays the same by seed."""
+    rngs = {name: np.random.default_rng(5) for name in STAIN_SETS}
+    for name, rng in rngs.items():
+        random_stain(rng, name)
+    after = {name: rng.random() for name, rng in rngs.items()}
+    assert len(set(after.values())) == 1
+
+
+def _tissue_colours(spec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rgb = SceneRenderer(spec).render(0, 0, spec.width, spec.height)
+    tissue = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[..., 1] > 20
+    return rgb[tissue].astype(np.float64), rgb[~tissue].astype(np.float64).mean(axis=0), tissue
+
+
+@pytest.mark.parametrize("seed", [11, 13])
+def test_alternative_stain_set_changes_colours_not_the_scene(seed: int) -> None:
+    ref = make_slide_spec(seed, 2, 1024, 768, 0.5, (1, 2))
+    alt = make_slide_spec(seed, 2, 1024, 768, 0.5, (1, 2), stain_set="alternative")
+    assert alt.stain_set == "alternative" and "stain_set=alternative" in slide_description(alt)
+    # the same scene: fields and glands are drawn before the stain
+    assert np.array_equal(ref.tumour, alt.tumour) and np.array_equal(ref.glands.x, alt.glands.x)
+    assert json.dumps(tumour_geojson(ref)) == json.dumps(tumour_geojson(alt))
+    # other colours: bluer haematoxylin (absorbs more red), eosin that absorbs more blue, lighter eosin
+    assert alt.stain.h_od[0] > ref.stain.h_od[0] + 0.05 and alt.stain.e_od[2] > ref.stain.e_od[2] + 0.05
+    ref_px, ref_glass, ref_tissue = _tissue_colours(ref)
+    alt_px, alt_glass, alt_tissue = _tissue_colours(alt)
+    assert abs(ref_tissue.mean() - alt_tissue.mean()) < 0.03  # the same tissue is found
+    assert np.linalg.norm(alt_px.mean(axis=0) - ref_px.mean(axis=0)) > 10
+    assert alt_px[:, 1].mean() > ref_px[:, 1].mean() + 10  # lighter eosin lets more green through
+    assert (alt_glass[2] - alt_glass[0]) < (ref_glass[2] - ref_glass[0]) - 3  # warmer (yellower) glass
+    # still H&E: green absorbed most, tissue pink/purple
+    assert (alt_px[:, 1] < alt_px[:, 0]).mean() > 0.9 and (alt_px[:, 1] < alt_px[:, 2]).mean() > 0.9
+
+
+def test_invalid_stain_set_is_a_clear_error() -> None:
+    from h2gnet.synth import CohortConfig
+
+    for make in (lambda: make_slide_spec(0, 1, W, H, 0.5, (1,), stain_set="purple"),
+                 lambda: plan_cohort(3, stain_set="purple"),
+                 lambda: CohortConfig(stain_set="purple"),
+                 lambda: make_cohort("/nonexistent/never", n_slides=1, stain_set="purple", progress=False)):
+        with pytest.raises(ParameterError, match=r"stain_set: must be one of reference, alternative \(got 'purple'\)"):
+            make()
+
+
+def test_cohort_plan_carries_its_stain_set() -> None:
+    ref, alt = plan_cohort(6, seed=3), plan_cohort(6, seed=3, stain_set="alternative")
+    assert {p.stain_set for p in ref} == {"reference"} and {p.stain_set for p in alt} == {"alternative"}
+    assert [(p.name, p.seed, p.grade, p.split, p.width, p.height) for p in ref] == \
+        [(p.name, p.seed, p.grade, p.split, p.width, p.height) for p in alt]

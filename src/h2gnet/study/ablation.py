@@ -203,10 +203,11 @@ def step_cohort(study: Study) -> Path:
     manifest = study.out / "cohort" / "manifest.csv"
     if not manifest.exists():
         cohort = study.cohort()
-        _log(study, f"phantom cohort: {cohort.slides} slides")
+        _log(study, f"phantom cohort: {cohort.slides} slides, seed {cohort.seed}, {cohort.stain_set} stains")
         make_cohort(study.out / "cohort", n_slides=cohort.slides, seed=cohort.seed, width=cohort.width,
                     height=cohort.height, mpp=cohort.mpp, progress=study.progress,
-                    val_fraction=cohort.val_fraction, test_fraction=cohort.test_fraction)
+                    val_fraction=cohort.val_fraction, test_fraction=cohort.test_fraction,
+                    stain_set=cohort.stain_set)
     return manifest
 
 

@@ -17,6 +17,10 @@ so 0.5 µm/px slides cover about 6 x 4.5 mm of glass and 0.25 µm/px ones about
 3 x 2.25 mm. Levels smaller than 64 px are dropped. A 24-slide default cohort
 is about 2.3 gigapixels of level 0 (310 MB of TIFF) and takes about 210 s of CPU
 time, so just under two minutes on two free cores.
+
+``stain_set="alternative"`` stains every slide like another lab and scanner (bluer
+haematoxylin, orange-pink eosin, warm glass; :data:`h2gnet.synth.style.STAIN_SETS`):
+with another seed and ``mpp``, a cohort from a different generator setting.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from h2gnet.synth.annotation import geojson_text
 from h2gnet.synth.noise import sub_seed
 from h2gnet.synth.slide import render_slide
 from h2gnet.synth.spec import MIN_SIDE, MPP_RANGE, make_slide_spec, validate_geometry
+from h2gnet.synth.style import STAIN_SET_RULE
 
 DEFAULT_WIDTH, DEFAULT_HEIGHT = 12000, 9000
 MIN_LEVEL_PX = 64
@@ -56,7 +61,7 @@ LAYOUTS: tuple[tuple[float, tuple[int, ...], float], ...] = (
 
 @dataclass(frozen=True)
 class CohortSlide:
-    """One planned slide: its name, scene seed, grade, split and geometry (level-0 px, µm/px)."""
+    """One planned slide: its name, scene seed, grade, split, geometry (level-0 px, µm/px) and stain set."""
 
     name: str
     seed: int
@@ -66,6 +71,7 @@ class CohortSlide:
     height: int
     mpp: float
     pyramid: tuple[int, ...]
+    stain_set: str = "reference"
 
     @property
     def slide_path(self) -> str:
@@ -154,6 +160,7 @@ class CohortConfig:
                                           help="share of slides in the val split"))
     test_fraction: float = param(0.2, Rule(float, low=0, high=1, high_open=True,
                                            help="share of slides in the test split"))
+    stain_set: str = param("reference", STAIN_SET_RULE)
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -164,9 +171,11 @@ class CohortConfig:
 
 def plan_cohort(n_slides: int, seed: int = 0, width: int | None = None, height: int | None = None,
                 mpp: float | None = None, val_fraction: float = 0.2,
-                test_fraction: float = 0.2) -> list[CohortSlide]:
+                test_fraction: float = 0.2, *, stain_set: str = "reference") -> list[CohortSlide]:
     """The slides of a cohort (deterministic in ``seed``); see the module docstring for defaults.
-    ``val_fraction``/``test_fraction``: shares of the slides in those splits (per grade)."""
+    ``val_fraction``/``test_fraction``: shares of the slides in those splits (per grade);
+    ``stain_set``: the stain colours of every slide (:data:`~h2gnet.synth.style.STAIN_SETS`)."""
+    stain_set = STAIN_SET_RULE.check("stain_set", stain_set)
     if n_slides < 1:
         raise H2GNetError(None, f"a cohort needs at least one slide, not {n_slides}")
     rng = np.random.default_rng([seed & 0xFFFFFFFF, 0xC0407])
@@ -188,13 +197,14 @@ def plan_cohort(n_slides: int, seed: int = 0, width: int | None = None, height: 
         validate_geometry(w, h, slide_mpp, pyramid)
         slide_seed = sub_seed(seed, 0xC0, i) & 0x7FFFFFFF
         name = f"phantom_{i:03d}"
-        plan.append(CohortSlide(name, slide_seed, grades[i], splits[i], w, h, slide_mpp, pyramid))
+        plan.append(CohortSlide(name, slide_seed, grades[i], splits[i], w, h, slide_mpp, pyramid, stain_set))
     return plan
 
 
 def render_cohort_slide(out_dir: Path, item: CohortSlide) -> str:
     """Render one planned slide and its annotation under ``out_dir``; returns its name."""
-    spec = make_slide_spec(item.seed, item.grade, item.width, item.height, item.mpp, item.pyramid)
+    spec = make_slide_spec(item.seed, item.grade, item.width, item.height, item.mpp, item.pyramid,
+                           stain_set=item.stain_set)
     render_slide(out_dir / item.slide_path, spec)
     write_text(out_dir / item.annotation_path, geojson_text(spec))
     return item.name
@@ -208,21 +218,23 @@ def _init_worker() -> None:
 
 def make_cohort(out_dir: str | Path, n_slides: int = 24, seed: int = 0, *, width: int | None = None,  # noqa: PLR0913 - keyword-only settings
                 height: int | None = None, mpp: float | None = None, progress: bool = True,
-                workers: int | None = None, val_fraction: float = 0.2, test_fraction: float = 0.2) -> Path:
+                workers: int | None = None, val_fraction: float = 0.2, test_fraction: float = 0.2,
+                stain_set: str = "reference") -> Path:
     """Generate a phantom cohort in ``out_dir`` and return the path of its ``manifest.csv``.
 
     Writes ``slides/<name>.tiff``, ``annotations/<name>.geojson`` and, last,
     ``manifest.csv``. ``width``/``height`` (level-0 px) and ``mpp`` (µm/px) apply
     to every slide when given; ``val_fraction``/``test_fraction`` are the shares of
-    slides in those splits (stratified by grade). Same arguments, same bytes. Slides render in
+    slides in those splits (stratified by grade); ``stain_set`` the stain colours of every slide
+    ("reference" or "alternative", another lab and scanner). Same arguments, same bytes. Slides render in
     ``workers`` processes (default: one per CPU core); ``progress`` shows a
     tqdm bar with rate and ETA. Slides whose TIFF and GeoJSON already exist
     (files appear atomically, and rendering is deterministic) are kept, so an
     interrupted run resumes.
     """
-    CohortConfig(n_slides, seed, width, height, mpp, val_fraction, test_fraction)  # checks every value
+    CohortConfig(n_slides, seed, width, height, mpp, val_fraction, test_fraction, stain_set)  # checks every value
     out_dir = Path(out_dir)
-    plan = plan_cohort(n_slides, seed, width, height, mpp, val_fraction, test_fraction)
+    plan = plan_cohort(n_slides, seed, width, height, mpp, val_fraction, test_fraction, stain_set=stain_set)
     for sub in ("slides", "annotations"):
         try:
             (out_dir / sub).mkdir(parents=True, exist_ok=True)

@@ -15,10 +15,12 @@ from h2gnet.synth.spec import SlideSpec
 
 
 def slide_description(spec: SlideSpec) -> str:
-    """The TIFF ImageDescription of a phantom slide (shown by OpenSlide as ``tiff.ImageDescription``)."""
+    """The TIFF ImageDescription of a phantom slide (shown by OpenSlide as ``tiff.ImageDescription``);
+    names the stain set unless it is the default (so reference slides keep their bytes)."""
+    stain = "" if spec.stain_set == "reference" else f"; stain_set={spec.stain_set}"
     return (
         f"h2gnet synthetic H&E phantom slide; seed={spec.seed}; grade={spec.grade}; "
-        f"mpp={spec.mpp}; pyramid={','.join(map(str, spec.pyramid))}"
+        f"mpp={spec.mpp}; pyramid={','.join(map(str, spec.pyramid))}{stain}"
     )
 
 

@@ -26,7 +26,7 @@ from h2gnet.synth.fields import (
     smooth_mask,
     smooth_noise,
 )
-from h2gnet.synth.style import GradeStyle, StainModel, grade_style, random_stain
+from h2gnet.synth.style import STAIN_SET_RULE, GradeStyle, StainModel, grade_style, random_stain
 
 #: Gland kinds (:attr:`Glands.kind`).
 ACINUS, DUCT, TUBULE, VESSEL = 0, 1, 2, 3
@@ -79,7 +79,8 @@ class SlideSpec:
     edge and to the tumour-region edge (the annotation is ``tumour > 0``);
     ``fat`` > 0 where tissue is adipose; ``lymph`` is lymphocyte density (0..1);
     ``lobule`` the weight of loose intralobular stroma (0..1); ``nest`` the tumour
-    nest density inside the region (0..1; 0 = desmoplastic stroma only).
+    nest density inside the region (0..1; 0 = desmoplastic stroma only). ``stain_set``: the
+    :data:`~h2gnet.synth.style.STAIN_SETS` entry ``stain`` was drawn from.
     """
 
     seed: int
@@ -100,6 +101,7 @@ class SlideSpec:
     stain: StainModel
     style: GradeStyle
     jpeg_quality: int = 90
+    stain_set: str = "reference"
 
     def level_dimensions(self) -> list[tuple[int, int]]:
         """(width, height) of each pyramid level: ``ceil(level-0 size / downsample)``."""
@@ -132,14 +134,18 @@ def validate_geometry(width: int, height: int, mpp: float, pyramid: tuple[int, .
 
 
 def make_slide_spec(
-    seed: int, grade: int, width: int, height: int, mpp: float, pyramid: tuple[int, ...]
+    seed: int, grade: int, width: int, height: int, mpp: float, pyramid: tuple[int, ...], *,
+    stain_set: str = "reference",
 ) -> SlideSpec:
     """Draw up the scene of one phantom H&E slide.
 
     ``seed`` fixes everything; ``grade`` (1, 2, 3) the tumour morphology; ``width``
     x ``height`` level-0 pixels at ``mpp`` µm/px; ``pyramid`` the level downsamples,
-    e.g. ``(1, 2, 4, 8)``, ``(1, 3, 9)`` or ``(1,)``.
+    e.g. ``(1, 2, 4, 8)``, ``(1, 3, 9)`` or ``(1,)``; ``stain_set`` the lab's stain
+    colours (:data:`~h2gnet.synth.style.STAIN_SETS`). The stain is drawn last, so the
+    same seed gives the same scene in every stain set.
     """
+    stain_set = STAIN_SET_RULE.check("stain_set", stain_set)
     if grade not in (1, 2, 3):
         raise H2GNetError(None, f"grade must be 1, 2 or 3, not {grade}")
     pyramid = tuple(int(d) for d in pyramid)
@@ -171,7 +177,7 @@ def make_slide_spec(
     return SlideSpec(
         seed=int(seed), grade=grade, width=int(width), height=int(height), mpp=float(mpp), pyramid=pyramid,
         tile=tile, field_mpp=field_mpp, tissue=tissue, tumour=tumour, fat=fat, lymph=lymph, lobule=lobule,
-        nest=nest, glands=glands, stain=random_stain(rng), style=style,
+        nest=nest, glands=glands, stain=random_stain(rng, stain_set), style=style, stain_set=stain_set,
     )
 
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from h2gnet.params import Rule
+
 #: Reference optical-density vectors (R, G, B) of Ruifrok & Johnston, before normalisation.
 HAEMATOXYLIN_OD = (0.65, 0.70, 0.29)
 EOSIN_OD = (0.07, 0.99, 0.11)
@@ -74,22 +76,69 @@ def _unit(v: np.ndarray | tuple[float, ...]) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
+@dataclass(frozen=True)
+class StainSet:
+    """The stain of one lab / scanner: what :func:`random_stain` draws a slide's :class:`StainModel` from.
+
+    ``h_ref`` / ``h_scanned`` (and ``e_ref`` / ``e_scanned``): two optical-density vectors (R, G, B) of
+    haematoxylin (eosin); a slide's vector lies between them (a share ``mix`` of the way to the second)
+    plus a normal tilt of ``tilt_sd`` per channel. ``h_scale`` / ``e_scale``: ranges of the staining
+    strengths. ``glass_od``: optical density (R, G, B) of bare glass, shifted per slide by a uniform
+    ``glass_shift`` and per channel by a normal ``glass_sd``, then clipped to ``glass_clip``.
+    """
+
+    name: str
+    h_ref: tuple[float, float, float]
+    h_scanned: tuple[float, float, float]
+    e_ref: tuple[float, float, float]
+    e_scanned: tuple[float, float, float]
+    h_scale: tuple[float, float]
+    e_scale: tuple[float, float]
+    glass_od: tuple[float, float, float]
+    mix: tuple[float, float] = (0.45, 1.0)
+    tilt_sd: float = 0.04
+    glass_shift: float = 0.015
+    glass_sd: float = 0.006
+    glass_clip: tuple[float, float] = (0.01, 0.08)
+
+
+#: Stain sets by name (``stain_set`` of :func:`h2gnet.synth.make_slide_spec` and the cohort).
+STAIN_SETS: dict[str, StainSet] = {
+    # the default: between Ruifrok & Johnston and a scanned reference, near-neutral glass
+    "reference": StainSet(
+        "reference", HAEMATOXYLIN_OD, HAEMATOXYLIN_OD_SCANNED, EOSIN_OD, EOSIN_OD_SCANNED,
+        h_scale=(0.8, 1.25), e_scale=(0.75, 1.3), glass_od=(0.035, 0.035, 0.035),
+    ),
+    # another lab and scanner: bluer-purple haematoxylin (absorbs more red, less blue), an orange-pink
+    # eosin (absorbs more blue, less red), stronger haematoxylin and lighter eosin, warm (yellowish) glass
+    "alternative": StainSet(
+        "alternative", (0.78, 0.60, 0.17), (0.70, 0.64, 0.31), (0.02, 0.88, 0.47), (0.06, 0.78, 0.62),
+        h_scale=(1.0, 1.45), e_scale=(0.55, 0.95), glass_od=(0.025, 0.035, 0.055), glass_clip=(0.01, 0.1),
+    ),
+}
+#: The accepted values of ``stain_set`` (the cohort config, ``h2gnet synth --stain-set``, make_slide_spec).
+STAIN_SET_RULE = Rule(str, choices=tuple(STAIN_SETS),
+                      help="stain colours: reference, or alternative (another lab and scanner)")
+
+
 def _perturbed_unit(rng: np.random.Generator, ref: tuple[float, ...], scanned: tuple[float, ...],
-                    sd: float) -> np.ndarray:
-    """A unit OD vector between the Ruifrok and the scanned reference, plus a small random tilt."""
-    t = rng.uniform(0.45, 1.0)
+                    sd: float, mix: tuple[float, float] = (0.45, 1.0)) -> np.ndarray:
+    """A unit OD vector between ``ref`` and ``scanned`` (a share ``mix`` of the way), plus a small random tilt."""
+    t = rng.uniform(*mix)
     v = (1.0 - t) * _unit(ref) + t * _unit(scanned)
     v = np.clip(_unit(v) + rng.normal(0.0, sd, 3), 0.02, None)
     return _unit(v)
 
 
-def random_stain(rng: np.random.Generator) -> StainModel:
-    """A per-slide stain: perturbed H/E vectors and strengths, slightly tinted glass."""
-    glass = 0.035 + rng.uniform(-0.015, 0.015) + rng.normal(0.0, 0.006, 3)
+def random_stain(rng: np.random.Generator, stain_set: str = "reference") -> StainModel:
+    """A per-slide stain of ``stain_set`` (a key of :data:`STAIN_SETS`): perturbed H/E vectors and
+    strengths, slightly tinted glass. Every set makes the same random draws in the same order."""
+    s = STAIN_SETS[stain_set]
+    glass = np.asarray(s.glass_od) + rng.uniform(-s.glass_shift, s.glass_shift) + rng.normal(0.0, s.glass_sd, 3)
     return StainModel(
-        h_od=_perturbed_unit(rng, HAEMATOXYLIN_OD, HAEMATOXYLIN_OD_SCANNED, 0.04),
-        e_od=_perturbed_unit(rng, EOSIN_OD, EOSIN_OD_SCANNED, 0.04),
-        h_scale=float(rng.uniform(0.8, 1.25)),
-        e_scale=float(rng.uniform(0.75, 1.3)),
-        glass_od=np.clip(glass, 0.01, 0.08),
+        h_od=_perturbed_unit(rng, s.h_ref, s.h_scanned, s.tilt_sd, s.mix),
+        e_od=_perturbed_unit(rng, s.e_ref, s.e_scanned, s.tilt_sd, s.mix),
+        h_scale=float(rng.uniform(*s.h_scale)),
+        e_scale=float(rng.uniform(*s.e_scale)),
+        glass_od=np.clip(glass, *s.glass_clip),
     )

@@ -1,0 +1,39 @@
+"""The built-in study configs: each loads and passes the same checks as a user's config."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import pytest
+
+pytest.importorskip("torch")
+
+from h2gnet.study.ablation import DESIGNS, Study, load_config  # noqa: E402
+
+BUILTINS = sorted(p.name.removesuffix(".toml") for p in resources.files("h2gnet.configs").iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def test_the_builtins_include_the_alternative_cohort_config() -> None:
+    assert {"ablation-cpu", "ablation-cpu-alt", "ablation-paper", "demo"} <= set(BUILTINS)
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_builtin_config_loads(name: str, tmp_path) -> None:
+    config = load_config(None, name)
+    study = Study(config, tmp_path / "study", progress=False)
+    assert set(study.designs) <= set(DESIGNS)
+    if "manifest" not in study.section("cohort"):
+        study.cohort()  # a phantom cohort's settings pass CohortConfig's rules
+
+
+def test_alternative_config_is_another_generator_setting(tmp_path) -> None:
+    study = Study(load_config(None, "ablation-cpu-alt"), tmp_path, progress=False)
+    cohort = study.cohort()
+    assert (cohort.slides, cohort.seed, cohort.stain_set, cohort.mpp) == (42, 1001, "alternative", 0.4)
+    assert (cohort.val_fraction, cohort.test_fraction) == (0.1, 0.5)
+    assert study.designs == ["otsu", "mob-pw", "mob-pw-unet"]
+    # the CPU settings of the reference study, so only the cohort differs
+    reference = load_config(None, "ablation-cpu")
+    for section in ("patch", "refine", "evaluate"):
+        assert study.section(section) == reference[section], section
