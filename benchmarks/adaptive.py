@@ -9,7 +9,7 @@ Usage:
 ``designs = ["mob-pw", "mob-pw-unet"]``): its cohort manifest, its Mob-PW classifier and its U-Net
 refiner are used. Every slide of the split is segmented twice in this process with the same loaded
 models, dense and adaptive (``--stride``, ``--uncertain``), into ``OUT/dense`` (reused by later runs with
-other settings; their dense seconds are then the summaries' totals) and ``OUT/sSTRIDE-LOW-HIGH``.
+other settings; their dense seconds are then the summaries' totals) and ``OUT/sSTRIDE-rRADIUS-LOW-HIGH-CHECK``.
 Per slide: fraction of tissue patches classified, seconds of each run, Dice against the ground truth
 (refined mask, and the patch-wise mask heatmap > 0.5) and Dice of the adaptive mask against the
 dense one, at 8 µm/px. Writes ``slides.csv`` and ``summary.json`` beside the adaptive masks; prints a table, the means,
@@ -56,19 +56,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("study", type=Path)
     ap.add_argument("--out", type=Path, default=None,
-                    help="default: STUDY/adaptive-study (dense/ reused by later runs, sSTRIDE-LOW-HIGH/ per setting)")
+                    help="default: STUDY/adaptive-study (dense/ reused by later runs, sSTRIDE-rRADIUS-LOW-HIGH-CHECK/ "
+                         "per setting)")
     ap.add_argument("--patch-model", type=Path, default=None, help="default: STUDY/runs/mob/model.onnx")
     ap.add_argument("--refine-model", type=Path, default=None, help="default: STUDY/runs/unet/model.onnx")
     ap.add_argument("--stride", type=int, default=default_of(AdaptiveConfig, "stride"))
     ap.add_argument("--uncertain", type=float, nargs=2,
                     default=(default_of(AdaptiveConfig, "low"), default_of(AdaptiveConfig, "high")))
+    ap.add_argument("--radius", type=int, default=None, help="default: stride // 2")
+    ap.add_argument("--check", default=default_of(AdaptiveConfig, "check"), choices=("any", "mean"))
     ap.add_argument("--split", default="test")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
 
-    adaptive = AdaptiveConfig(stride=args.stride, low=args.uncertain[0], high=args.uncertain[1])
+    adaptive = AdaptiveConfig(stride=args.stride, radius=args.radius, low=args.uncertain[0], high=args.uncertain[1],
+                              check=args.check)
     root = args.out or args.study / "adaptive-study"
-    out = {"dense": root / "dense", "adaptive": root / f"s{adaptive.stride}-{adaptive.low:g}-{adaptive.high:g}"}
+    name = f"s{adaptive.stride}-r{adaptive.window // 2}-{adaptive.low:g}-{adaptive.high:g}-{adaptive.check}"
+    out = {"dense": root / "dense", "adaptive": root / name}
     patch = args.patch_model or args.study / "runs" / "mob" / "model.onnx"
     refine = args.refine_model or args.study / "runs" / "unet" / "model.onnx"
     entries = [e for e in select(read_manifest(args.study / "cohort" / "manifest.csv"), args.split)
@@ -119,7 +124,9 @@ def main() -> None:
     least = min(rows, key=lambda r: r["dice_vs_dense"])
     total_patches = sum(r["tissue_patches"] for r in rows)
     summary = {
-        "study": str(args.study), "adaptive": {"stride": adaptive.stride, "low": adaptive.low, "high": adaptive.high},
+        "study": str(args.study),
+        "adaptive": {"stride": adaptive.stride, "radius": adaptive.window // 2, "low": adaptive.low,
+                     "high": adaptive.high, "check": adaptive.check},
         "slides": len(rows), "load_average_before": [round(v, 2) for v in load],
         "load_average_after": [round(v, 2) for v in os.getloadavg()],
         "fraction_mean": mean("fraction"),

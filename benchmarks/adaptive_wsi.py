@@ -107,11 +107,19 @@ def slide_with_truth(cache: Path, width: int, height: int, mpp: float) -> tuple[
     return slide, truth
 
 
+#: The modes a run can compare (``--modes``): name -> ``h2gnet segment`` options. "adaptive" is the option's
+#: defaults; "adaptive-wide" a setting for large slides (coarser lattice, the mean check; see the README).
+MODES = {"dense": ["--dense"], "adaptive": ["--adaptive"],
+         "adaptive-wide": ["--adaptive", "--stride", "4", "--radius", "2", "--uncertain", "0.3", "0.7",
+                           "--check", "mean"]}
+
+
 def run_segment(slide: Path, patch: Path, refine: Path, out: Path, mode: str, args: argparse.Namespace) -> dict:
-    """``h2gnet segment --MODE`` in a child process: its summary, wall and CPU seconds, its own peak RSS."""
+    """``h2gnet segment`` with the options of :data:`MODES` ``[mode]`` in a child process: its summary, wall and
+    CPU seconds, its own peak RSS."""
     cmd = [sys.executable, "-m", "h2gnet.cli", "-q", "segment", str(slide), "--patch-model", str(patch),
            "--refine-model", str(refine), "-o", str(out), "--overwrite", "--device", args.device,
-           "--batch-size", str(args.batch_size), "--readers", str(args.readers), f"--{mode}"]
+           "--batch-size", str(args.batch_size), "--readers", str(args.readers), *MODES[mode]]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     t0 = time.perf_counter()
@@ -180,7 +188,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--readers", type=int, default=2)
-    ap.add_argument("--modes", nargs="+", default=["dense", "adaptive"], choices=("dense", "adaptive"))
+    ap.add_argument("--modes", nargs="+", default=["dense", "adaptive"], choices=tuple(MODES),
+                    help="what to compare (dense, adaptive, adaptive-wide: see MODES)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per mode (medians reported)")
     ap.add_argument("--no-fast", action="store_true", help="skip the FAST run even when pyFAST is installed")
     ap.add_argument("--train-only", action="store_true", help="make the cached models and slide, then stop")
@@ -239,9 +248,9 @@ def main() -> None:
               f"{row['peak_rss_mb']:.0f} MB; stages {stages}, process start + model loading {startup:.2f} s; "
               f"model only on as many patches {row['model_only_seconds']:.2f} s; Dice vs truth "
               f"{row['dice_vs_truth']:.4f}, vs dense {row['dice_vs_dense']}")
-    if "dense" in report and "adaptive" in report:
-        report["dense_over_adaptive"] = round(report["dense"]["seconds"] / report["adaptive"]["seconds"], 2)
-        print(f"dense / adaptive = {report['dense_over_adaptive']:.2f}")
+    for mode in (m for m in args.modes if m != "dense" and "dense" in report):
+        report[f"dense_over_{mode}"] = round(report["dense"]["seconds"] / report[mode]["seconds"], 2)
+        print(f"dense / {mode} = {report[f'dense_over_{mode}']:.2f}")
     if fast is not None:
         report["fast_seconds"] = round(fast["process_seconds"], 2)
         report["fast_pipeline_seconds"] = round(fast["seconds"], 2)

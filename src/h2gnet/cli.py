@@ -209,7 +209,8 @@ def _add_stage1(sub: argparse._SubParsersAction) -> None:
 def _adaptive_config(args: argparse.Namespace) -> AdaptiveConfig | None:
     if not args.adaptive:
         return None
-    return AdaptiveConfig(stride=args.stride, low=args.uncertain[0], high=args.uncertain[1])
+    return AdaptiveConfig(stride=args.stride, radius=args.radius, low=args.uncertain[0], high=args.uncertain[1],
+                          check=args.check)
 
 
 def _segment_config(args: argparse.Namespace, refine: Path | None):
@@ -220,7 +221,8 @@ def _segment_config(args: argparse.Namespace, refine: Path | None):
     return SegmentConfig(patch_model=patch, refine_model=refine, preset=args.preset,
                          heatmap_dir=getattr(args, "heatmaps", None), device=args.device, precision=args.precision,
                          threads=args.threads, batch_size=args.batch_size, readers=args.readers,
-                         progress=not args.quiet, adaptive=_adaptive_config(args))
+                         progress=not args.quiet, adaptive=_adaptive_config(args),
+                         tta=getattr(args, "tta", False))
 
 
 def _cmd_heatmap(args: argparse.Namespace) -> int:
@@ -249,7 +251,8 @@ def _cmd_train_refine(args: argparse.Namespace) -> int:
                             arch=args.arch, input_size=args.input_size, epochs=args.epochs,
                             total_steps=args.total_steps, patience=args.patience,
                             batch_size=args.batch_size, accumulation=args.accumulation, lr=args.lr,
-                            augment=not args.no_augment, seed=args.seed, threads=args.threads,
+                            lr_schedule=args.lr_schedule, augment=not args.no_augment, seed=args.seed,
+                            threads=args.threads,
                             progress=not args.quiet)
     metrics = train_refiner(args.output, cfg, overwrite=args.overwrite)
     if not _rank_zero():
@@ -317,10 +320,12 @@ def _add_adaptive_options(p: argparse.ArgumentParser, *, adaptive: bool) -> None
     g.add_argument("--dense", dest="adaptive", action="store_false",
                    help="classify every tissue patch" + ("" if adaptive else " (default)"))
     add_param(p, AdaptiveConfig, "stride")
+    add_param(p, AdaptiveConfig, "radius")
     low, high = default_of(AdaptiveConfig, "low"), default_of(AdaptiveConfig, "high")
     p.add_argument("--uncertain", type=rule_of(AdaptiveConfig, "low").parse, nargs=2, default=(low, high),
                    metavar=("LOW", "HIGH"), help=f"adaptive: tumour probabilities strictly between LOW and HIGH "
                                                  f"are uncertain (default {low:g} {high:g})")
+    add_param(p, AdaptiveConfig, "check")
 
 
 def _add_stage2(sub: argparse._SubParsersAction) -> None:
@@ -336,7 +341,7 @@ def _add_stage2(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heatmaps", type=Path, default=None, help="heatmap folder (not needed for unet-lr)")
     p.add_argument("-o", "--output", type=Path, required=True, help="run folder")
     add_param(p, RefineTrainConfig, "arch")
-    for name in ("input_size", "epochs", "total_steps", "patience", "batch_size", "accumulation", "lr"):
+    for name in ("input_size", "epochs", "total_steps", "patience", "batch_size", "accumulation", "lr", "lr_schedule"):
         add_param(p, RefineTrainConfig, name)
     p.add_argument("--no-augment", action="store_true")
     add_param(p, RefineTrainConfig, "threads")
@@ -351,6 +356,8 @@ def _add_stage2(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-refine", action="store_true", help="patch-wise result: heatmap > 0.5")
     add_rule_option(p, SLIDE_MPP_RULE, "--mpp")
     p.add_argument("--heatmaps", type=Path, default=None, help="reuse stage-1 heatmaps from this folder")
+    p.add_argument("--tta", action="store_true", default=default_of(SegmentConfig, "tta"),
+                   help=rule_of(SegmentConfig, "tta").help)
     _add_inference_options(p)
     _add_adaptive_options(p, adaptive=SegmentConfig(patch_model=None).adaptive is not None)
     p.set_defaults(func=_cmd_segment)

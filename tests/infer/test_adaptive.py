@@ -80,8 +80,26 @@ def test_tissue_the_lattice_misses_is_classified() -> None:
     assert np.allclose(res.values[tissue], 0.03)
 
 
+def test_mean_check_skips_a_lone_uncertain_neighbour_and_keeps_the_decision() -> None:
+    tissue = np.ones((21, 21), bool)
+    prob = np.full(tissue.shape, 0.03, np.float32)
+    prob[10, 10] = 0.35  # one uncertain lattice patch among confident negatives: the decision is clear around it
+    prob[:, 16:] = 0.97  # and a tumour border
+    lone = np.zeros(tissue.shape, bool)
+    lone[9:12, 9:12] = True
+    lone[10, 10] = False
+    res = {check: adaptive_values(tissue, Recorder(prob), AdaptiveConfig(check=check, low=0.3, high=0.7))
+           for check in ("any", "mean")}
+    assert res["any"].classified[lone].all()  # "any": every neighbour of the uncertain patch is classified
+    assert not res["mean"].classified[lone].any()  # "mean": their filled value (<= 0.19) is confident
+    assert res["mean"].classified.sum() < res["any"].classified.sum()
+    for r in res.values():
+        assert np.array_equal(r.values > 0.5, prob > 0.5)  # both keep the dense decision, border included
+        assert r.classified[:, 15:17].all()
+
+
 def test_bad_settings_are_refused() -> None:
-    for kwargs in ({"stride": 0}, {"low": 0.6}, {"high": 0.4}, {"radius": 0}, {"stride": 1.5}):
+    for kwargs in ({"stride": 0}, {"low": 0.6}, {"high": 0.4}, {"radius": 0}, {"stride": 1.5}, {"check": "max"}):
         with pytest.raises(H2GNetError):
             AdaptiveConfig(**kwargs)
 

@@ -47,3 +47,36 @@ def test_network_input_channels_and_ranges(tmp_path: Path) -> None:
     truth.array[:, 600:] = True
     t = target_mask(low, truth, 128)
     assert t.dtype == np.uint8 and set(np.unique(t)) == {0, 1} and t[:, -1].all() and not t[:, 0].any()
+
+
+class _StandIn:
+    """Stands in for a refiner OnnxModel: tumour probability from the heatmap channel, optionally plus a
+    left-to-right ramp (a network that is not symmetric under flips and turns)."""
+
+    input_size, in_channels, tumour_channel, card, path = 64, 4, 1, None, Path("refiner.onnx")
+
+    def __init__(self, ramp: float) -> None:
+        self.ramp, self.calls = ramp, 0
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        p = np.clip(x[:, 3] * (1 - self.ramp) + self.ramp * np.linspace(0, 1, x.shape[-1], dtype=np.float32), 0, 1)
+        return np.stack([1 - p, p], axis=1)
+
+
+def test_test_time_augmentation_turns_every_output_back(tmp_path: Path) -> None:
+    from h2gnet.infer.refine_input import refine
+
+    img, _ = phantom_image(1200, 1000)
+    low = low_resolution(open_slide(write_pyramid_tiff(tmp_path / "s.tiff", img, 1.0, (1,))), 64)
+    heat = Raster(np.zeros((30, 40), np.float32), 32.0, 1.0)
+    heat.array[5:12, 3:15] = 1.0  # an off-centre, asymmetric block
+    symmetric = _StandIn(0.0)
+    plain, tta = refine(symmetric, low, heat).array, refine(symmetric, low, heat, tta=True).array
+    assert symmetric.calls == 1 + 8
+    np.testing.assert_allclose(tta, plain, atol=1e-5)  # each turned output was turned back onto the block
+    ramp = _StandIn(0.5)
+    averaged = refine(ramp, low, heat, tta=True).array
+    # the ramp averages out over the eight transforms: the left and right edges no longer differ
+    assert abs(float(averaged[:, 0].mean() - averaged[:, -1].mean())) < 0.02
+    assert float(refine(ramp, low, heat).array[:, -1].mean() - refine(ramp, low, heat).array[:, 0].mean()) > 0.3

@@ -66,3 +66,16 @@ def test_verdict_lines() -> None:
     assert verdict(0.8, 0.7) == "refinement improves validation Dice from 0.700 to 0.800"
     assert verdict(0.33, 0.65).startswith("refinement makes validation Dice worse: 0.330 against 0.650")
     assert "not compared" in verdict(0.5, None)
+
+
+def test_cosine_schedule_decays_to_zero_and_constant_stays() -> None:
+    pytest.importorskip("torch")
+    from h2gnet.train.refiner import lr_at
+
+    cos = _refine(lr=1e-3, lr_schedule="cosine")
+    rates = [lr_at(cos, e, 10) for e in range(10)]
+    assert rates[0] == pytest.approx(1e-3) and rates[5] == pytest.approx(5e-4)
+    assert all(a > b for a, b in zip(rates, rates[1:])) and 0 < rates[-1] < 3e-5
+    assert {lr_at(_refine(lr=1e-3), e, 10) for e in range(10)} == {1e-3}
+    with pytest.raises(ParameterError, match="lr_schedule"):
+        _refine(lr_schedule="step")

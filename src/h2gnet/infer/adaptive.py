@@ -7,9 +7,13 @@ follows from its neighbours'. The adaptive evaluation
 1. classifies a sparse lattice of the tissue patches (every ``stride``-th patch
    each way, shifted to hold the most tissue patches);
 2. marks for classification every unclassified tissue patch whose neighbourhood
-   (the classified patches within ``radius`` cells, Chebyshev distance) holds an
-   *uncertain* prediction (``low < p < high``) or *disagrees* (values on both
-   sides of ``threshold``: tumour borders, isolated positives); tissue that no
+   (the classified patches within ``radius`` cells, Chebyshev distance) is
+   *uncertain* or *disagrees* (values on both sides of ``threshold``: tumour
+   borders, isolated positives). Uncertain (``check``): "any" — some classified
+   neighbour has ``low < p < high`` (the safest, most patches); "mean" — the mean
+   of the classified neighbours, the value the patch would be filled with, is
+   between ``low`` and ``high`` (fewer patches: a single uncertain neighbour
+   among confident ones on the same side does not count); tissue that no
    classified patch reaches yet (thin strips between lattice rows) gets a
    shifted lattice of its own;
 3. classifies the marked patches and repeats step 2 until nothing is marked;
@@ -35,6 +39,10 @@ from h2gnet.params import ParameterError, Rule, check_fields, param
 Classifier = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
+#: How a neighbourhood counts as uncertain (see the module doc).
+CHECKS = ("any", "mean")
+
+
 @dataclass(frozen=True)
 class AdaptiveConfig:
     """Settings of the coarse-to-fine evaluation; checked when made.
@@ -43,7 +51,9 @@ class AdaptiveConfig:
     ``radius``: neighbourhood for the checks and the fill, in patches (Chebyshev;
     default: ``stride // 2`` (at least 1), the smallest that reaches a lattice patch from anywhere);
     ``low``/``high``: probabilities strictly between them are uncertain;
-    ``threshold``: the tumour decision whose side neighbours must agree on.
+    ``threshold``: the tumour decision whose side neighbours must agree on;
+    ``check``: "any" (a patch is classified when any classified neighbour is uncertain) or "mean" (when the
+    mean of its classified neighbours is; see the module doc).
     """
 
     stride: int = param(2, Rule(int, low=1, high=64, unit="patches",
@@ -54,6 +64,9 @@ class AdaptiveConfig:
     high: float = param(0.9, Rule(float, low=0, high=1, help="adaptive: uncertain below this probability"))
     threshold: float = param(0.5, Rule(float, low=0, high=1, low_open=True, high_open=True,
                                        help="the tumour decision neighbours must agree on"))
+    check: str = param("any", Rule(str, choices=CHECKS,
+                                   help="adaptive: uncertain when any classified neighbour is (any) or when their "
+                                        "mean is (mean: fewer patches)"))
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -96,10 +109,13 @@ def to_classify(tissue: np.ndarray, classified: np.ndarray, values: np.ndarray, 
     known = classified.astype(np.float32)
     n = _box_sum(known, cfg.window)
     positive = _box_sum(known * (values >= cfg.threshold), cfg.window)
-    uncertain = _box_sum(known * ((values > cfg.low) & (values < cfg.high)), cfg.window)
+    if cfg.check == "mean":
+        mean = _box_sum(known * values, cfg.window) / np.maximum(n, 1.0)
+        uncertain = (n > 0.5) & (mean > cfg.low) & (mean < cfg.high)
+    else:  # box sums of 0/1 floats are exact integers well below 2^24
+        uncertain = _box_sum(known * ((values > cfg.low) & (values < cfg.high)), cfg.window) > 0.5
     open_ = tissue & ~classified
-    # box sums of 0/1 floats are exact integers well below 2^24
-    out = open_ & ((uncertain > 0.5) | ((positive > 0.5) & (positive < n - 0.5)))
+    out = open_ & (uncertain | ((positive > 0.5) & (positive < n - 0.5)))
     uncovered = open_ & (n < 0.5)
     if uncovered.any():
         s = cfg.stride

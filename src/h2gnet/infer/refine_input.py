@@ -115,11 +115,38 @@ def probability_to_raster(prob: np.ndarray, low: LowRes, resize: str = "stretch"
     return Raster(back, mpp, low.slide_mpp)
 
 
-def refine(model: OnnxModel, low: LowRes, heatmap: Raster | None) -> Raster:
+def _checked(model: OnnxModel, x: np.ndarray) -> np.ndarray:
+    """The refiner's (N, classes, H, W) probabilities for ``x``, checked."""
+    probs = check_probabilities(model(x), model.path)
+    if probs.ndim != 4 or probs.shape[1] < 2:
+        raise H2GNetError(model.path, f"returned an output of shape {tuple(probs.shape)}; a refiner returns "
+                                      "(N, classes >= 2, H, W) with the tumour class at index 1")
+    return probs
+
+
+def _dihedral(x: np.ndarray, k: int, *, flip: bool) -> np.ndarray:
+    """``x`` (..., S, S) turned ``k`` quarter turns, then mirrored left-right when ``flip``."""
+    out = np.rot90(x, k, axes=(-2, -1))
+    return out[..., ::-1] if flip else out
+
+
+def _undo_dihedral(x: np.ndarray, k: int, *, flip: bool) -> np.ndarray:
+    """The inverse of :func:`_dihedral` with the same ``k`` and ``flip``."""
+    out = x[..., ::-1] if flip else x
+    return np.rot90(out, -k, axes=(-2, -1))
+
+
+#: Test-time augmentation: the eight flips and quarter turns of the square network input.
+TTA_TRANSFORMS = tuple((k, flip) for k in range(4) for flip in (False, True))
+
+
+def refine(model: OnnxModel, low: LowRes, heatmap: Raster | None, *, tta: bool = False) -> Raster:
     """Tumour probability (float32 Raster on the low-resolution grid) from the refinement network.
 
     ``heatmap`` is ignored by 3-channel networks (UNet-LR) and required by 4-channel ones. The model's
-    card says how its input is normalised and resized (h2gnet's own: RGB / 255, stretched).
+    card says how its input is normalised and resized (h2gnet's own: RGB / 255, stretched). ``tta``:
+    average the probabilities of the eight flips and quarter turns of the input (:data:`TTA_TRANSFORMS`),
+    each turned back (8 network passes; a refiner pass is milliseconds next to the patch stage).
     """
     size = model.input_size or REFINE_SIZE
     if model.in_channels == 4 and heatmap is None:
@@ -127,9 +154,11 @@ def refine(model: OnnxModel, low: LowRes, heatmap: Raster | None) -> Raster:
     card = model.card
     normalisation, resize = (card.image_normalisation, card.resize) if card is not None else ("fixed", "stretch")
     x = network_input(low, heatmap if model.in_channels == 4 else None, size, normalisation, resize)
-    probs = check_probabilities(model(x[None]), model.path)[0]
-    if probs.ndim != 3 or probs.shape[0] < 2:
-        raise H2GNetError(model.path, f"returned an output of shape {tuple(probs.shape)}; a refiner returns "
-                                      "(N, classes >= 2, H, W) with the tumour class at index 1")
+    probs = _checked(model, x[None])[0]
+    if tta:
+        turned = [_undo_dihedral(_checked(model, np.ascontiguousarray(_dihedral(x, k, flip=flip))[None])[0], k,
+                                 flip=flip)
+                  for k, flip in TTA_TRANSFORMS[1:]]
+        probs = (probs + sum(turned)) / len(TTA_TRANSFORMS)
     upsample = card is not None and card.image_source == "smallest-level"
     return probability_to_raster(probs[model.tumour_channel], low, resize, upsample=upsample)

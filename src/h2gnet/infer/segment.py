@@ -85,6 +85,8 @@ class SegmentConfig:
     min_tissue: float = param(MIN_TISSUE, MIN_TISSUE_RULE)
     threshold: float = param(0.5, Rule(float, low=0, high=1, low_open=True, high_open=True,
                                        help="tumour where the probability is above this"))
+    tta: bool = param(False, Rule(bool, help="test-time augmentation of the refiner: average its output over the "
+                                             "eight flips and quarter turns of its input"))
     progress: bool = param(True, Rule(bool))
     adaptive: AdaptiveConfig | None = None
     preset: str | None = param(None, Rule(str, choices=tuple(preset_names()), optional=True,
@@ -192,7 +194,7 @@ def segment_slide(slide: Slide | str | Path, out_dir: str | Path, models: Models
         t = time.perf_counter()
         low = low_future.result()
     if models.refine is not None:
-        prob = refine(models.refine, low, heat)
+        prob = refine(models.refine, low, heat, tta=cfg.tta)
         mask = Raster(prob.array > cfg.threshold, prob.mpp, prob.slide_mpp)
     else:
         assert heat is not None

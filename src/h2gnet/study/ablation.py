@@ -82,6 +82,8 @@ def _section_kinds() -> dict[str, tuple[type, set[str]]]:
     kinds.update({f"refine-{arch}": (RefineTrainConfig, _keys(RefineTrainConfig)) for arch in REFINER_ARCHS})
     kinds["cohort"] = (CohortConfig, _keys(CohortConfig))  # and "manifest": a cohort of one's own
     kinds["evaluate"] = (EvaluateConfig, _keys(EvaluateConfig))
+    kinds["segment"] = (SegmentConfig, SEGMENT_KEYS)
+    kinds["adaptive"] = (AdaptiveConfig, _keys(AdaptiveConfig))  # present: coarse-to-fine heatmaps
     return kinds
 
 
@@ -90,7 +92,11 @@ def _table(config: dict, name: str) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+#: What a study's ``[segment]`` section may set of :class:`SegmentConfig` (how its test slides are segmented).
+SEGMENT_KEYS = {"tta", "threshold", "min_tissue", "batch_size"}
+
 _PLACEHOLDERS: dict[type, dict[str, Any]] = {
+    SegmentConfig: {"patch_model": None},
     PatchTrainConfig: {"manifest": "", "index_dir": ""},
     ClusterConfig: {"manifest": "", "index_dir": ""},
     RefineTrainConfig: {"manifest": "", "heatmaps": None},
@@ -287,12 +293,13 @@ def predict_otsu(study: Study, manifest: Path, out: Path) -> None:
 
 def predict(study: Study, manifest: Path, out: Path, patch: Path | None, refiner: Path | None,
             heatmaps: Path | None) -> None:
-    """Segment the test slides with a patch model and/or refiner into ``out`` (resumes); dense heatmaps
-    unless the config says ``[evaluate] adaptive = true``."""
+    """Segment the test slides with a patch model and/or refiner into ``out`` (resumes), with the config's
+    ``[segment]`` settings (e.g. ``tta = true``); dense heatmaps unless the config has an ``[adaptive]`` section
+    (its settings, e.g. ``stride = 2``; empty for the defaults)."""
 
-    adaptive = AdaptiveConfig() if study.config.get("evaluate", {}).get("adaptive", False) else None
+    adaptive = AdaptiveConfig(**study.section("adaptive")) if "adaptive" in study.config else None
     cfg = SegmentConfig(patch_model=patch, refine_model=refiner, heatmap_dir=None if adaptive else heatmaps,
-                        progress=study.progress, adaptive=adaptive)
+                        progress=study.progress, adaptive=adaptive, **study.section("segment"))
     status = segment_many([str(e.slide) for e in _test_entries(manifest)], out, cfg, engine=study.engine)
     failed = {k: v["error"] for k, v in status.items() if v["status"] == "failed"}
     if failed:

@@ -52,6 +52,10 @@ class PatchTrainConfig:
                                                f"(got {self.input_size})")
 
 
+#: Learning-rate schedules of the refiner (see :func:`h2gnet.train.refiner.lr_at`).
+LR_SCHEDULES = ("constant", "cosine")
+
+
 @dataclass
 class RefineTrainConfig:
     """Settings of a refinement run (defaults: the paper's section 3.4); checked when made."""
@@ -68,6 +72,9 @@ class RefineTrainConfig:
     batch_size: int = param(4, Rule(int, low=1, high=1024, help="slides per batch"))
     accumulation: int = param(6, Rule(int, low=1, high=1024, help="gradient-accumulation steps"))
     lr: float = param(1e-3, Rule(float, low=0, high=1, low_open=True, help="Adam learning rate"))
+    lr_schedule: str = param("constant", Rule(str, choices=LR_SCHEDULES,
+                                              help="learning rate over the planned epochs: constant (the paper) or "
+                                                   "cosine (decays to 0 by the last epoch)"))
     augment: bool = param(True, Rule(bool))
     filters: tuple[int, ...] | None = None
     seed: int = param(0, Rule(int, low=0, help="random seed"))

@@ -169,6 +169,15 @@ def plan_refiner(cfg: RefineTrainConfig, train_slides: int, world_size: int = 1)
     return plan
 
 
+def lr_at(cfg: RefineTrainConfig, epoch: int, epochs: int) -> float:
+    """Learning rate of 0-based ``epoch`` of ``epochs``: ``cfg.lr`` throughout ("constant"), or a half cosine from
+    ``cfg.lr`` at the first epoch towards 0 after the last ("cosine"). A function of the epoch alone, so a
+    resumed run continues the same schedule."""
+    if cfg.lr_schedule == "cosine":
+        return float(cfg.lr * 0.5 * (1.0 + np.cos(np.pi * epoch / max(epochs, 1))))
+    return cfg.lr
+
+
 def verdict(refined: float, patchwise: float | None) -> str:
     """One line comparing the refiner's validation Dice with the patch-wise mask's."""
     if patchwise is None:
@@ -249,6 +258,8 @@ def _train(run: TrainingRun, cfg: RefineTrainConfig, ctx: DistContext) -> dict:
             if epoch - progress.best_epoch >= cfg.patience and progress.best_epoch > 0:
                 break
             rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, epoch]))
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(cfg, epoch, epochs)
             t0 = time.perf_counter()
             train_loss = _train_epoch(net, sets["train"], cfg, optimizer, rng, ctx)
             val_loss, val_dice = _validate(model, sets["val"], cfg)  # every rank: the same slides and weights
