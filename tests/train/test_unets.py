@@ -262,3 +262,20 @@ def test_module_prints_the_parameter_table(table, capsys: pytest.CaptureFixture[
     assert set(by_arch) == set(ref.ARCHS)
     assert by_arch["unet"] == ["11.559", "11.582", "11.58"]
     assert by_arch["unet-lr"][-1] == "-"
+
+
+def test_refiner_epoch_with_one_slide_left_over_trains() -> None:
+    """17 training slides in batches of 4 left a batch of one: BatchNorm at the 1×1 bottleneck refused it."""
+    import numpy as np
+
+    from h2gnet.train.config import RefineTrainConfig
+    from h2gnet.train.refiner import Sample, _train_epoch
+
+    model = small("unet")
+    rng = np.random.default_rng(0)
+    samples = [Sample(f"s{i}", rng.random((4, 8, 8), dtype=np.float32), (rng.random((8, 8)) > 0.5).astype(np.uint8))
+               for i in range(5)]
+    cfg = RefineTrainConfig(manifest="m.csv", heatmaps=None, batch_size=4, accumulation=1, augment=False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss = _train_epoch(model, samples, cfg, optimizer, np.random.default_rng(1))
+    assert 0.0 <= loss <= 1.0

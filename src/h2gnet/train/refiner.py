@@ -96,13 +96,18 @@ def _loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _train_epoch(model, samples, cfg, optimizer, rng, ctx: DistContext | None = None) -> float:
-    """One epoch over the training slides in a random order, ``accumulation`` batches per update.
+    """One epoch over the training slides in a random order, ``accumulation`` batches per update; a last
+    batch of one slide gets a second one.
 
     On several ranks every rank draws the same order (``rng``), takes every ``world size``-th batch (the
     order padded by its start so all ranks make the same number of updates) and augments with its own
     generator; the gradients of one update are averaged over ranks once, on its last batch."""
     model.train()
     order = rng.permutation(len(samples))
+    if len(order) % cfg.batch_size == 1 and cfg.batch_size > 1:
+        # a last batch of one slide breaks BatchNorm where the network is down to 1×1 px (256-px input): it
+        # takes a second slide from the start of the order (e.g. 17 slides in batches of 4)
+        order = np.append(order, order[0])
     aug_rng = rng
     if ctx is not None and ctx.distributed:
         per_step = cfg.batch_size * ctx.world_size
