@@ -161,8 +161,11 @@ def final_mask(folder: Path, slide: Path, extent: tuple[int, int], slide_mpp: fl
     return load_mask_tiff(folder / f"{slide.stem}.mask.tiff", slide_mpp).to_mpp(EVAL_MPP, extent).array
 
 
-def run_fast(slide: Path, patch: Path, refine: Path, cache: Path) -> dict | None:
-    """FAST's run of the exported pipeline (None without pyFAST): child-process seconds and its mask."""
+def run_fast(slide: Path, patch: Path, refine: Path, cache: Path, engine: str | None = None) -> dict | None:
+    """FAST's run of the exported pipeline (None without pyFAST): child-process seconds and its mask, or
+    ``{"error": ...}`` when FAST fails (the h2gnet figures are still reported). ``engine``: FAST's inference
+    engine (None: FAST's default, OpenVINO)."""
+    from h2gnet.errors import H2GNetError
     from h2gnet.fast.fpl import export_fast
     from h2gnet.fast.runner import fast_available, run_fast_pipeline, segmentation_raster
 
@@ -170,11 +173,14 @@ def run_fast(slide: Path, patch: Path, refine: Path, cache: Path) -> dict | None
         return None
     from fast_run import warmup_slide  # benchmarks/fast_run.py
 
-    out = cache / "adaptive-fast"
-    fpl = export_fast(patch, refine, out / "pipeline")
+    out = cache / f"adaptive-fast-{engine or 'default'}"
+    fpl = export_fast(patch, refine, out / "pipeline", inference_engine=engine)
     home = out / "fast-home"
-    run_fast_pipeline(fpl, warmup_slide(out), out / "warmup", fast_home=home, timeout=600)
-    r = run_fast_pipeline(fpl, slide, out / "run", fast_home=home, timeout=1800)
+    try:
+        run_fast_pipeline(fpl, warmup_slide(out), out / "warmup", fast_home=home, timeout=600)
+        r = run_fast_pipeline(fpl, slide, out / "run", fast_home=home, timeout=1800)
+    except H2GNetError as exc:
+        return {"error": str(exc)[-300:]}
     return {"process_seconds": r.process_seconds, "seconds": r.seconds, "mask": segmentation_raster(r, EVAL_MPP)}
 
 
@@ -192,6 +198,8 @@ def main() -> None:
                     help="what to compare (dense, adaptive, adaptive-wide: see MODES)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per mode (medians reported)")
     ap.add_argument("--no-fast", action="store_true", help="skip the FAST run even when pyFAST is installed")
+    ap.add_argument("--fast-engine", default=None,
+                    help="FAST's inference engine (default: FAST's own, OpenVINO; e.g. ONNXRuntime)")
     ap.add_argument("--train-only", action="store_true", help="make the cached models and slide, then stop")
     ap.add_argument("--short-training", action="store_true", help="train with SHORT_TRAINING's settings")
     ap.add_argument("--patch-model", type=Path, default=None, help="use this classifier (with --refine-model)")
@@ -223,7 +231,7 @@ def main() -> None:
         truth = load_annotation(truth_path, s.dimensions, s.mpp, EVAL_MPP).array
     masks = {m: final_mask(args.cache / "adaptive-out" / m, slide, extent, slide_mpp) for m in args.modes}
     reference = masks.get("dense")
-    fast = None if args.no_fast else run_fast(slide, patch, refine, args.cache)
+    fast = None if args.no_fast else run_fast(slide, patch, refine, args.cache, args.fast_engine)
     report: dict = {"slide": str(slide), "load_average_before": [round(v, 2) for v in load],
                     "load_average_after": [round(v, 2) for v in os.getloadavg()], "device": args.device,
                     "repeat": args.repeat, "tissue_patches": int(first["tissue_patches"])}
@@ -251,7 +259,11 @@ def main() -> None:
     for mode in (m for m in args.modes if m != "dense" and "dense" in report):
         report[f"dense_over_{mode}"] = round(report["dense"]["seconds"] / report[mode]["seconds"], 2)
         print(f"dense / {mode} = {report[f'dense_over_{mode}']:.2f}")
-    if fast is not None:
+    if fast is not None and "error" in fast:
+        report["fast_seconds"], report["fast_error"] = None, fast["error"]
+        print(f"FAST ({args.fast_engine or 'default engine'}) failed: {fast['error']}")
+    elif fast is not None:
+        report["fast_engine"] = args.fast_engine or "default (OpenVINO)"
         report["fast_seconds"] = round(fast["process_seconds"], 2)
         report["fast_pipeline_seconds"] = round(fast["seconds"], 2)
         fmask = fast["mask"].to_mpp(EVAL_MPP, extent).array

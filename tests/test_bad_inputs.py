@@ -456,6 +456,13 @@ CASES: list[Case] = [
     *_option_cases(_seg_options, "--threads", ["0", "-2"]),
     *_option_cases(_seg_options, "--mpp", _MPP),
     Case("segment-device-unknown", lambda c, t: (_seg_options(t, "--device", "tpu"), ["--device", "tpu"], t / "out")),
+    Case("segment-adaptive-check-unknown", lambda c, t: (_seg_options(t, "--adaptive", "--check", "max"),
+                                                         ["--check", "max"], t / "out")),
+    Case("segment-adaptive-radius-zero", lambda c, t: (_seg_options(t, "--adaptive", "--radius", "0"),
+                                                       ["--radius", "(got 0)"], t / "out")),
+    Case("train-refine-lr-schedule-unknown", lambda c, t: (
+        ["train-refine", str(t / "m.csv"), "-o", str(t / "out"), "--lr-schedule", "step"], ["--lr-schedule", "step"],
+        t / "out")),
     *[Case(f"heatmap{o}={v}", lambda c, t, o=o, v=v: (
         ["heatmap", str(t / "m.csv"), "-o", str(t / "out"), "--patch-model", str(t / "p.onnx"), o, v],
         [o, f"(got {v})"], t / "out"))

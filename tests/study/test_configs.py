@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 
 import pytest
@@ -37,3 +38,17 @@ def test_alternative_config_is_another_generator_setting(tmp_path) -> None:
     reference = load_config(None, "ablation-cpu")
     for section in ("patch", "refine", "evaluate"):
         assert study.section(section) == reference[section], section
+
+
+def test_segment_and_adaptive_sections_are_checked() -> None:
+    from h2gnet.errors import H2GNetError
+    from h2gnet.study.ablation import check_config
+
+    check_config({"segment": {"tta": True, "threshold": 0.4}, "adaptive": {"stride": 4, "radius": 2, "check": "mean"}})
+    check_config({"adaptive": {}})  # present and empty: the defaults
+    for bad, words in (({"segment": {"device": "cuda"}}, "[segment] unknown key 'device'"),
+                       ({"segment": {"tta": "yes"}}, "[segment] tta"),
+                       ({"adaptive": {"check": "max"}}, "[adaptive] check"),
+                       ({"evaluate": {"adaptive": True}}, "[evaluate] unknown key 'adaptive'")):
+        with pytest.raises(H2GNetError, match=re.escape(words)):
+            check_config(bad, "s.toml")
