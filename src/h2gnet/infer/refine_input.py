@@ -154,11 +154,8 @@ def refine(model: OnnxModel, low: LowRes, heatmap: Raster | None, *, tta: bool =
     card = model.card
     normalisation, resize = (card.image_normalisation, card.resize) if card is not None else ("fixed", "stretch")
     x = network_input(low, heatmap if model.in_channels == 4 else None, size, normalisation, resize)
-    probs = _checked(model, x[None])[0]
-    if tta:
-        turned = [_undo_dihedral(_checked(model, np.ascontiguousarray(_dihedral(x, k, flip=flip))[None])[0], k,
-                                 flip=flip)
-                  for k, flip in TTA_TRANSFORMS[1:]]
-        probs = (probs + sum(turned)) / len(TTA_TRANSFORMS)
+    transforms = TTA_TRANSFORMS if tta else TTA_TRANSFORMS[:1]  # the first is the identity
+    probs = np.mean([_undo_dihedral(_checked(model, np.ascontiguousarray(_dihedral(x, k, flip=flip))[None])[0], k,
+                                    flip=flip) for k, flip in transforms], axis=0)
     upsample = card is not None and card.image_source == "smallest-level"
     return probability_to_raster(probs[model.tumour_channel], low, resize, upsample=upsample)
