@@ -9,8 +9,8 @@ Makes once (cached under ``--cache``):
 
 * the models: ``h2gnet ablation`` with the built-in CPU config restricted to
   designs Mob-PW and Mob-PW-UNet (66 phantom slides; 128-px patches at 2 µm/px,
-  random initialisation; a 256-px U-Net refiner): phantom cohort → patch index →
-  patch classifier → dense heatmaps → refiner, about 15 minutes on two free
+  random initialisation; a 512-px U-Net refiner): phantom cohort → patch index →
+  patch classifier → dense heatmaps → refiner, about an hour on two free
   cores. The same study folder (``--study``) serves ``benchmarks/adaptive.py``,
   the accuracy study on its 33 test slides;
 * the benchmark slide of ``benchmarks/segment_wsi.py`` (80,000 × 60,000 px at
