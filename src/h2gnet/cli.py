@@ -23,7 +23,7 @@ from h2gnet.evaluation.predictions import EvaluateConfig, evaluate_predictions, 
 from h2gnet.evaluation.summary import print_table
 from h2gnet.fast.fpl import FAST_TISSUE_THRESHOLD, TISSUE_THRESHOLD_RULE, export_fast, split_models
 from h2gnet.infer.adaptive import AdaptiveConfig
-from h2gnet.infer.heatmap import heatmap_cohort
+from h2gnet.infer.heatmap import heatmap_cohort, is_upsampling_refusal
 from h2gnet.infer.model_card import preset_model, preset_names
 from h2gnet.infer.quantize import QuantizeConfig, quantize_patch_model
 from h2gnet.infer.segment import Models, SegmentConfig, check_writable, segment_many
@@ -222,7 +222,8 @@ def _segment_config(args: argparse.Namespace, refine: Path | None):
                          heatmap_dir=getattr(args, "heatmaps", None), device=args.device, precision=args.precision,
                          threads=args.threads, batch_size=args.batch_size, readers=args.readers,
                          progress=not args.quiet, adaptive=_adaptive_config(args),
-                         tta=getattr(args, "tta", False))
+                         tta=getattr(args, "tta", False), max_upsampling=args.max_upsampling,
+                         allow_upsampling=args.allow_upsampling)
 
 
 def _cmd_heatmap(args: argparse.Namespace) -> int:
@@ -240,7 +241,7 @@ def _cmd_heatmap(args: argparse.Namespace) -> int:
     for message in failures:
         print(f"error: {message}", file=sys.stderr)
     print(f"heatmaps: {len(entries) - len(failures)} of {len(entries)} slide(s) in {args.output}")
-    return 1 if failures else 0
+    return 2 if any(is_upsampling_refusal(m) for m in failures) else 1 if failures else 0
 
 
 def _cmd_train_refine(args: argparse.Namespace) -> int:
@@ -276,10 +277,13 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         status = segment_many(args.inputs, args.output, cfg, mpp=args.mpp, overwrite=args.overwrite, engine=engine)
     rows = [{"slide": Path(k).name, **{c: v[c] for c in ("status", "seconds", "error")}} for k, v in status.items()]
     print(format_rows(rows))
-    failed = sum(1 for r in rows if r["status"] == "failed")
+    failed = [r for r in rows if r["status"] == "failed"]
     if failed:
-        print(f"{failed} of {len(rows)} slide(s) failed (see {args.output / 'status.csv'})", file=sys.stderr)
-    return 1 if failed else 0
+        print(f"{len(failed)} of {len(rows)} slide(s) failed (see {args.output / 'status.csv'})", file=sys.stderr)
+    refused = [r for r in failed if is_upsampling_refusal(r["error"])]
+    for r in refused:  # bad input: one line each, exit 2
+        print(f"error: {r['error']}", file=sys.stderr)
+    return 2 if refused else 1 if failed else 0
 
 
 def _engine(args: argparse.Namespace) -> Engine:
@@ -306,6 +310,9 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
                    help="folder of a preset's files (default: where fetch-models puts them)")
     for name in ("device", "threads", "precision", "batch_size", "readers"):
         add_param(p, SegmentConfig, name)
+    add_param(p, SegmentConfig, "max_upsampling", metavar="FACTOR")
+    p.add_argument("--allow-upsampling", action="store_true", default=default_of(SegmentConfig, "allow_upsampling"),
+                   help=rule_of(SegmentConfig, "allow_upsampling").help)
     p.add_argument("--overwrite", action="store_true", help="redo slides that already have outputs")
     _add_engine_options(p)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,13 @@ from h2gnet.patches.tissue import detect_tissue, detect_tissue_rgb_distance
 #: Rules shared by :class:`HeatmapSettings` and the segmentation settings (one rule per parameter).
 MIN_TISSUE_RULE = Rule(float, low=0, high=1, high_open=True,
                        help="a patch is classified when more than this fraction of it is tissue")
+MAX_UPSAMPLING_RULE = Rule(float, low=1, high=1000, unit="×",
+                           help="refuse a slide whose finest level is coarser than the patch model's µm/px by more "
+                                "than this factor (its patches would be upsampled: noise presented as a result)")
+ALLOW_UPSAMPLING_RULE = Rule(bool, help="segment slides coarser than --max-upsampling allows all the same "
+                                        "(a warning, and the summary records the factor)")
+#: The phrase that marks a refused slide in its status row (see :func:`is_upsampling_refusal`).
+UPSAMPLING_REFUSAL = "is coarser than the patch model"
 BATCH_SIZE_RULE = Rule(int, low=1, high=4096,
                        help="patches per inference batch (memory grows with it: ~25 MB per 256-px patch)")
 READERS_RULE = Rule(int, low=1, high=64, help="patch-reading threads")
@@ -179,9 +187,36 @@ class HeatmapSettings:
     batch_size: int = param(16, BATCH_SIZE_RULE)
     readers: int = param(2, READERS_RULE)
     adaptive: AdaptiveConfig | None = None
+    max_upsampling: float = param(2.0, MAX_UPSAMPLING_RULE)
+    allow_upsampling: bool = param(False, ALLOW_UPSAMPLING_RULE)
 
     def __post_init__(self) -> None:
         check_fields(self)
+
+
+def check_upsampling(slide: Slide, model: OnnxModel, max_factor: float, *, allow: bool) -> float | None:
+    """How much ``model``'s patches would be upsampled on ``slide``: level-0 µm/px ÷ the model's µm/px
+    when that is above 1 (the finest level is coarser than the model), else None.
+
+    Above ``max_factor`` the slide is refused (:class:`H2GNetError` naming both resolutions) unless
+    ``allow``, which warns instead. Called before any pixel is read.
+    """
+    factor = slide.mpp / model.mpp
+    if factor <= 1.0 + 1e-6:
+        return None
+    if factor > max_factor:
+        what = (f"{UPSAMPLING_REFUSAL}: its finest level is {slide.mpp:g} µm/px, the patch model reads "
+                f"{model.mpp:g} µm/px ({factor:.3g}× upsampling, more than {max_factor:g}×)")
+        if not allow:
+            raise H2GNetError(slide.path, f"{what}; use a slide scanned at a finer resolution, or "
+                                          "--allow-upsampling to go on")
+        warnings.warn(f"{slide.path}: {what}; going on (--allow-upsampling)", UserWarning, stacklevel=2)
+    return factor
+
+
+def is_upsampling_refusal(error: str) -> bool:
+    """True when a status row's ``error`` is :func:`check_upsampling`'s refusal (bad input, exit 2)."""
+    return UPSAMPLING_REFUSAL in error
 
 
 @dataclass(frozen=True)
@@ -213,6 +248,7 @@ def heatmap_task(cache: dict, job: HeatmapJob) -> tuple[str, str]:
                                         card=job.card)
     with open_slide(job.slide, job.mpp) as s:
         opts = job.settings
+        check_upsampling(s, onnx, opts.max_upsampling, allow=opts.allow_upsampling)
         heat = compute_heatmap(s, onnx, tissue_for(s, onnx), opts.min_tissue, opts.batch_size, opts.readers,
                                progress=progress, adaptive=opts.adaptive)
         save_heatmap(job.target, heat, s.dimensions, str(s.path))

@@ -33,11 +33,14 @@ from h2gnet.conventions import HEATMAP_SUFFIX, STATUS_FILE, slide_outputs
 from h2gnet.errors import H2GNetError
 from h2gnet.infer.adaptive import AdaptiveConfig
 from h2gnet.infer.heatmap import (
+    ALLOW_UPSAMPLING_RULE,
     BATCH_SIZE_RULE,
+    MAX_UPSAMPLING_RULE,
     MIN_TISSUE_RULE,
     READERS_RULE,
     HeatmapSettings,
     HeatmapStats,
+    check_upsampling,
     compute_heatmap,
     load_slide_heatmap,
     save_heatmap,
@@ -93,13 +96,16 @@ class SegmentConfig:
                                           help="conventions of published models (a model card): without "
                                                "--patch-model/--refine-model, the files `h2gnet fetch-models "
                                                "PRESET` got"))
+    max_upsampling: float = param(2.0, MAX_UPSAMPLING_RULE)
+    allow_upsampling: bool = param(False, ALLOW_UPSAMPLING_RULE)
 
     def __post_init__(self) -> None:
         check_fields(self)
 
     def heatmap(self) -> HeatmapSettings:
         """The stage-1 part of these settings."""
-        return HeatmapSettings(self.min_tissue, self.batch_size, self.readers, self.adaptive)
+        return HeatmapSettings(self.min_tissue, self.batch_size, self.readers, self.adaptive,
+                               max_upsampling=self.max_upsampling, allow_upsampling=self.allow_upsampling)
 
 
 @dataclass
@@ -172,6 +178,8 @@ def segment_slide(slide: Slide | str | Path, out_dir: str | Path, models: Models
     if not isinstance(slide, Slide):
         slide = open_slide(slide, mpp)
     paths = slide_outputs(out_dir, slide.name).as_dict()
+    upsampling = None if models.patch is None else check_upsampling(slide, models.patch, cfg.max_upsampling,
+                                                                     allow=cfg.allow_upsampling)
     timings: dict[str, float] = {}
     t = time.perf_counter()
     tissue = tissue_for(slide, models.patch)  # h2gnet's HSV rule unless the patch model's card names another
@@ -233,6 +241,10 @@ def segment_slide(slide: Slide | str | Path, out_dir: str | Path, models: Models
         "evaluation": _evaluation(cfg, stats), "mask_mpp": mask.mpp,
         "heatmap_mpp": heat.mpp if heat is not None else None,
         "design": _design(models),
+        "upsampling": None if upsampling is None else {
+            "factor": round(upsampling, 4), "slide_mpp": slide.mpp,
+            "model_mpp": models.patch.mpp if models.patch is not None else None,
+            "allowed": upsampling > cfg.max_upsampling},
         "models": {name: {"path": str(m.path.resolve()), "sha256": m.sha256(), "arch": m.metadata.get("arch"),
                           "card": m.card.summary() if m.card is not None else None}
                    for name, m in (("patch", models.patch), ("refine", models.refine)) if m is not None},
