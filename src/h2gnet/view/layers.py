@@ -59,7 +59,8 @@ def heatmap_picture(heat: Raster) -> np.ndarray:
     grey = np.round(prob * 255).astype(np.uint8)
     rgb = cv2.cvtColor(cv2.applyColorMap(grey, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB)
     rgba = np.dstack([rgb, np.where(grey > 0, 255, 0).astype(np.uint8)])
-    k = max(1, min(HEATMAP_MIN_SIDE // max(1, max(prob.shape)), HEATMAP_MAX_SIDE // max(1, max(prob.shape))))
+    side = max(1, max(prob.shape))
+    k = max(1, min(-(-HEATMAP_MIN_SIDE // side), HEATMAP_MAX_SIDE // side))
     if k > 1:
         rgba = np.repeat(np.repeat(rgba, k, axis=0), k, axis=1)
     return rgba
