@@ -7,6 +7,7 @@ bad input surfaces as ``error: <file>: <problem>`` with exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -507,10 +508,8 @@ def _cmd_view(args: argparse.Namespace) -> int:
         print(f"{len(catalogue.records)} slides ({failed} failed, {missing} without a slide file) from "
               f"{catalogue.results}; serving read-only at {url}/ (Ctrl+C stops)", flush=True)
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         serve(app, cfg.host, cfg.port, on_ready=ready)
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

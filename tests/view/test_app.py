@@ -20,12 +20,13 @@ from PIL import Image
 pytest.importorskip("starlette", reason="the viewer needs the [view] extra (pip install -e '.[view]')")
 pytest.importorskip("uvicorn", reason="the viewer needs the [view] extra (pip install -e '.[view]')")
 
+from view_helpers import results_copy_fixture, view_results_fixture  # noqa: F401 (fixtures by name)
+
 from conftest import deadline
 from h2gnet.cli import main
 from h2gnet.errors import H2GNetError
 from h2gnet.view import load_catalogue
 from h2gnet.view.app import build_app, running, serve
-from view_helpers import results_copy, view_results  # noqa: F401 (fixtures)
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -76,7 +77,8 @@ def test_cohort_page(server, view_results) -> None:
                  "tumour mm²", "classified %", "patch-wise (heatmap &gt; 0.5)", "patch: h2gnet", ">dice<", ">recall<",
                  ">precision<", 'src="/thumb/wide.jpg"'):
         assert text in page, text
-    dice = [row for row in open(view_results[0] / "evaluation" / "slides.csv") if row.startswith("prediction,wide,")]
+    table = (view_results[0] / "evaluation" / "slides.csv").read_text().splitlines()
+    dice = [row for row in table if row.startswith("prediction,wide,")]
     assert f'data-value="{float(dice[0].split(",")[5])!r}"' in page
     assert "Traceback" not in page and "<script src=\"http" not in page  # nothing from a CDN
 

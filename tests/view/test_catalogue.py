@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
+from view_helpers import results_copy_fixture, view_results_fixture  # noqa: F401 (fixtures by name)
 
 from h2gnet.errors import H2GNetError
 from h2gnet.view import load_catalogue
-from view_helpers import results_copy, view_results  # noqa: F401 (fixtures)
 
 
 def test_rows_from_status_and_summaries(view_results) -> None:
@@ -67,7 +67,8 @@ def test_corrupt_status_is_a_note_and_is_left_alone(results_copy) -> None:
     results, _ = results_copy
     (results / "status.csv").write_text("not,a,status\ntable\n")
     cat = load_catalogue(results)  # read-only: the table stays where it is
-    assert (results / "status.csv").read_text() == "not,a,status\ntable\n" and not (results / "status.csv.corrupt").exists()
+    assert (results / "status.csv").read_text() == "not,a,status\ntable\n"
+    assert not (results / "status.csv.corrupt").exists()
     assert "status.csv: unreadable" in cat.notes[0] and set(cat.records) == {"wide", "tall"}
 
 

@@ -1,7 +1,8 @@
 """A results folder made by `h2gnet segment` (and `h2gnet evaluate`) on small phantom slides, for the viewer's tests.
 
 Three slides: ``wide`` and ``tall`` (phantoms whose purple disc is the tumour, with GeoJSON annotations) segmented
-with a colour classifier, and ``broken`` (not a slide), which fails. Built once per session (about 2 s). Test modules import the fixtures.
+with a colour classifier, and ``broken`` (not a slide), which fails. Built once per session (a few seconds).
+Test modules import the fixtures (``view_results_fixture``, ``results_copy_fixture``) to use them by name.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from pathlib import Path
 import pytest
 
 from conftest import phantom_image, tumour_geojson, write_pyramid_tiff
-
-
 
 
 def make_results(root: Path) -> tuple[Path, Path]:
@@ -42,15 +41,15 @@ def make_results(root: Path) -> tuple[Path, Path]:
     return results, manifest
 
 
-@pytest.fixture(scope="session")
-def view_results(tmp_path_factory) -> tuple[Path, Path]:
+@pytest.fixture(scope="session", name="view_results")
+def view_results_fixture(tmp_path_factory) -> tuple[Path, Path]:
     """(results folder, manifest) made once per session; tests that change files use ``results_copy``."""
     pytest.importorskip("onnx", reason="the test model is built with onnx (pip install -e '.[train]')")
     return make_results(tmp_path_factory.mktemp("view"))
 
 
-@pytest.fixture
-def results_copy(view_results, tmp_path: Path) -> tuple[Path, Path]:
+@pytest.fixture(name="results_copy")
+def results_copy_fixture(view_results, tmp_path: Path) -> tuple[Path, Path]:
     """A copy of the session's results folder and slides, which a test may damage."""
     results, manifest = view_results
     shutil.copytree(results.parent / "slides", tmp_path / "slides")

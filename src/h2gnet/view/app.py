@@ -96,6 +96,7 @@ class HostCheck:
 
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Any]],
                        send: Callable[[Any], Awaitable[None]]) -> None:
+        """Pass the request on, or answer 400 when its Host is not allowed."""
         if scope["type"] == "http" and self.allowed is not None:
             host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
             name = host.rsplit(":", 1)[0] if not host.startswith("[") else host[1:].split("]", 1)[0]
@@ -116,8 +117,8 @@ def _problem(status: int, exc: BaseException) -> PlainTextResponse:
     return PlainTextResponse(f"error: {text}\n", status_code=status)
 
 
-def build_app(catalogue: Catalogue, *, cache_mb: float = CACHE_MB, allowed_hosts: tuple[str, ...] | None = LOOPBACK_NAMES
-              ) -> ASGIApp:
+def build_app(catalogue: Catalogue, *, cache_mb: float = CACHE_MB,
+              allowed_hosts: tuple[str, ...] | None = LOOPBACK_NAMES) -> ASGIApp:
     """The viewer of ``catalogue``: an ASGI app (GET/HEAD only; tiles cached up to ``cache_mb`` MB).
 
     ``allowed_hosts``: host names accepted in the ``Host`` header (None: any, for a server bound beyond loopback).
@@ -189,6 +190,7 @@ def build_app(catalogue: Catalogue, *, cache_mb: float = CACHE_MB, allowed_hosts
         Route("/tiles/{key}/slide_files/{level:int}/{col:int}_{row:int}.jpeg", tile("slide")),
         Route("/tiles/{key}/mask_files/{level:int}/{col:int}_{row:int}.png", tile("mask")),
         Route("/static/{name:path}", static_file),
+        Route("/favicon.ico", lambda request: Response(status_code=204)),
     ]
     app = Starlette(routes=routes)
 

@@ -50,7 +50,7 @@ def _png(rgb_or_rgba: np.ndarray) -> bytes:
 def heatmap_picture(heat: Raster) -> np.ndarray:
     """RGBA picture of a tumour heatmap: inferno colours (as the overlay PNG), alpha 0 where p = 0 (no tissue
     or unclassified), enlarged by an integer factor (nearest) or reduced (area) to fit the sides above."""
-    prob = np.clip(np.nan_to_num(heat.array.astype(np.float32)), 0.0, 1.0)
+    prob: np.ndarray = np.clip(np.nan_to_num(heat.array.astype(np.float32)), 0.0, 1.0)
     side = max(prob.shape)
     if side > HEATMAP_MAX_SIDE:
         scale = HEATMAP_MAX_SIDE / side
