@@ -18,14 +18,16 @@ LAYERS = {
     "h2gnet.patches": 2, "h2gnet.outputs": 2, "h2gnet.synth": 2, "h2gnet.cohort": 2,
     "h2gnet.infer": 3,
     "h2gnet.evaluation": 4,
-    "h2gnet.train": 5, "h2gnet.fast": 5,
+    "h2gnet.train": 5, "h2gnet.fast": 5, "h2gnet.view": 5,
     "h2gnet.study": 6,
     "h2gnet.cli": 7, "h2gnet.__main__": 7, "h2gnet.configs": 7,
 }
 #: Packages that run without PyTorch (the core install).
 TORCH_FREE = ("h2gnet.io", "h2gnet.cohort", "h2gnet.patches", "h2gnet.outputs", "h2gnet.synth", "h2gnet.infer",
               "h2gnet.evaluation", "h2gnet.fast", "h2gnet.study.report", "h2gnet.study.designs", "h2gnet.cli",
-              "h2gnet.params", "h2gnet.train.config")
+              "h2gnet.params", "h2gnet.train.config", "h2gnet.view")
+#: Packages that must not import another of their own layer (what they read arrives as files, not as code).
+APART_FROM = {"h2gnet.view": ("h2gnet.train", "h2gnet.fast", "h2gnet.study")}
 
 
 def _module_name(path: Path) -> str:
@@ -99,6 +101,12 @@ def test_no_import_cycle() -> None:
     assert not cycle, "import cycle: " + " -> ".join(cycle)
 
 
+def test_packages_kept_apart() -> None:
+    offenders = [f"{name} -> {i}" for name, path in _modules().items() for package, banned in APART_FROM.items()
+                 if name.startswith(package) for i in _imports(path, False) if i.startswith(banned)]
+    assert not offenders, f"imports of packages kept apart: {offenders}"
+
+
 def test_torch_is_imported_only_in_train() -> None:
     offenders = [name for name, path in _modules().items()
                  if not name.startswith("h2gnet.train")
@@ -129,6 +137,6 @@ def test_the_core_imports_with_torch_blocked() -> None:
 
 @pytest.mark.parametrize("package", ["io", "cohort",
                                      "patches", "infer", "outputs", "train", "evaluation", "fast", "synth",
-                                     "study"])
+                                     "study", "view"])
 def test_tests_mirror_the_packages(package: str) -> None:
     assert (SRC / package).is_dir() and (Path(__file__).parent / package).is_dir()

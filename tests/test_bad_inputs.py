@@ -529,6 +529,26 @@ CASES: list[Case] = [
         ["demo", str(t / "out"), "--config", str(_toml(t, "[patch\n"))], ["study.toml", "not valid TOML"], t / "out")),
     Case("demo-config-missing", lambda c, t: (
         ["demo", str(t / "out"), "--config", str(t / "none.toml")], ["none.toml", "no such config"], t / "out")),
+    # -- view (each refused before anything listens) -------------------------------------------------------
+    Case("view-missing-folder", lambda c, t: (
+        ["view", str(t / "nope")], ["nope", "no such results folder"], t / "out")),
+    Case("view-not-a-results-folder", lambda c, t: (
+        _then((t / "empty").mkdir()), ["view", str(t / "empty")], ["empty", "not an output folder"], t / "out")),
+    Case("view-port-out-of-range", lambda c, t: (
+        ["view", str(t), "--port", "70000"], ["--port", "65535"], t / "out")),
+    Case("view-cache-zero", lambda c, t: (
+        ["view", str(t), "--cache-mb", "0"], ["--cache-mb"], t / "out")),
+    Case("view-slides-missing", lambda c, t: (
+        _then((t / "status.csv").write_text("slide,status,seconds,error\na.tiff,failed,0,x\n")),
+        ["view", str(t), "--slides", str(t / "none.csv")], ["none.csv", "no such slide folder or manifest"],
+        t / "out")),
+    Case("view-slides-bad-manifest", lambda c, t: (
+        _then((t / "status.csv").write_text("slide,status,seconds,error\na.tiff,failed,0,x\n")),
+        ["view", str(t), "--slides", str(c.manifest_with(t, header="slide,grade"))], ["m.csv", "missing column"],
+        t / "out")),
+    Case("view-evaluation-without-table", lambda c, t: (
+        _then((t / "status.csv").write_text("slide,status,seconds,error\na.tiff,failed,0,x\n"), (t / "ev").mkdir()),
+        ["view", str(t), "--evaluation", str(t / "ev")], ["ev", "slides.csv"], t / "out")),
 ]
 
 

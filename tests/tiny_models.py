@@ -74,3 +74,22 @@ def _save(graph, meta: dict, path: Path) -> Path:
         entry.key, entry.value = key, str(value)
     onnx.save(model, str(path))
     return path
+
+
+def colour_patch_model(path: Path, size: int = MODEL_SIZE) -> Path:
+    """An h2gnet patch classifier (NCHW [0, 1], softmax) that calls dark purple tumour and pink not: tumour logit
+    6.6 − 6 × (mean R + mean G) (the phantoms' purple 120/60/160: p ≈ 0.91; pink 230/150/190: p ≈ 0.09)."""
+    from onnx import TensorProto, helper
+
+    w = np.array([[0.0, -6.0], [0.0, -6.0], [0.0, 0.0]], np.float32)
+    b = np.array([0.0, 6.6], np.float32)
+    nodes = [helper.make_node("ReduceMean", ["image"], ["mean"], axes=[2, 3], keepdims=0),
+             helper.make_node("Gemm", ["mean", "w", "b"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)]
+    inits = [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel()),
+             helper.make_tensor("b", TensorProto.FLOAT, b.shape, b.ravel())]
+    graph = helper.make_graph(
+        nodes, "colour", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 2])], inits)
+    meta = {"h2gnet_kind": "patch-classifier", "input_size": str(size), "mpp": "1.0", "classes": "non-tumour,tumour"}
+    return _save(graph, meta, path)

@@ -7,6 +7,7 @@ bad input surfaces as ``error: <file>: <problem>`` with exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -36,6 +37,7 @@ from h2gnet.patches.grid import PATCH_MPP_RULE, PATCH_SIZE, PATCH_SIZE_RULE, ind
 from h2gnet.patches.tissue import detect_tissue, otsu_tissue, tissue_area_mm2
 from h2gnet.synth import CohortConfig, make_cohort
 from h2gnet.train.config import ClusterConfig, PatchTrainConfig, RefineTrainConfig
+from h2gnet.view.config import ViewConfig
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -497,6 +499,41 @@ def _add_evaluation(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_demo)
 
 
+# -- review ----------------------------------------------------------------------------
+def _cmd_view(args: argparse.Namespace) -> int:
+    from h2gnet.view import load_catalogue
+
+    cfg = ViewConfig(args.host, args.port, args.cache_mb)
+    catalogue = load_catalogue(args.results, args.slides, args.evaluation)
+    from h2gnet.view.app import LOOPBACK_NAMES, build_app, is_loopback, serve  # needs the [view] extra
+
+    app = build_app(catalogue, cache_mb=cfg.cache_mb, allowed_hosts=LOOPBACK_NAMES if is_loopback(cfg.host) else None)
+    failed = sum(r.status == "failed" for r in catalogue.records.values())
+    missing = sum(r.slide is None for r in catalogue.records.values())
+
+    def ready(url: str) -> None:
+        print(f"{len(catalogue.records)} slides ({failed} failed, {missing} without a slide file) from "
+              f"{catalogue.results}; serving read-only at {url}/ (Ctrl+C stops)", flush=True)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        serve(app, cfg.host, cfg.port, on_ready=ready)
+    return 0
+
+
+def _add_view(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("view", help="review a results folder in the browser: cohort table, slides with the mask, "
+                                    "heatmap and outlines (the [view] extra)")
+    p.add_argument("results", type=Path, help="output folder of `segment` (status.csv, NAME.json, ...)")
+    p.add_argument("--slides", type=Path, default=None, metavar="DIR_OR_MANIFEST",
+                   help="where the slides are: a folder of slide files, or a manifest (.csv, which also gives the "
+                        "annotations); default: the paths the results recorded")
+    p.add_argument("--evaluation", type=Path, default=None, metavar="DIR",
+                   help="an `h2gnet evaluate -o` folder whose Dice/recall/precision to show (default: the "
+                        "results folder or its evaluation/ sub-folder, when one holds slides.csv)")
+    for name in ("host", "port", "cache_mb"):
+        add_param(p, ViewConfig, name)
+    p.set_defaults(func=_cmd_view)
+
 
 # -- parser ----------------------------------------------------------------------------
 def _add_foundation(sub: argparse._SubParsersAction) -> None:
@@ -543,6 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export_fast(sub)
     _add_fetch_models(sub)
     _add_evaluation(sub)
+    _add_view(sub)
     for sub_parser in sub.choices.values():  # -q works before or after the subcommand
         sub_parser.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                                 help="no progress bars")

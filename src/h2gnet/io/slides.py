@@ -268,6 +268,12 @@ class Slide:
             return np.full(3, 255, dtype=np.uint8)
 
     @property
+    def handle(self) -> openslide.AbstractSlide:
+        """The OpenSlide object (or ``ImageSlide`` of a plain image), for libraries that take one
+        (``openslide.deepzoom``); its reads are in OpenSlide's frames, not at µm/px."""
+        return self._handle
+
+    @property
     def name(self) -> str:
         """The file name without its suffix."""
         return self.path.stem
