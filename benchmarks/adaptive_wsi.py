@@ -108,7 +108,7 @@ def slide_with_truth(cache: Path, width: int, height: int, mpp: float) -> tuple[
 
 
 #: The modes a run can compare (``--modes``): name -> ``h2gnet segment`` options. "adaptive" is the option's
-#: defaults; "adaptive-wide" a setting for large slides (coarser lattice, the mean check; see the README).
+#: defaults; "adaptive-wide" a setting for large slides (coarser lattice, the mean check; see docs/performance.md).
 MODES = {"dense": ["--dense"], "adaptive": ["--adaptive"],
          "adaptive-wide": ["--adaptive", "--stride", "4", "--radius", "2", "--uncertain", "0.3", "0.7",
                            "--check", "mean"]}

@@ -276,7 +276,17 @@ CASES: list[Case] = [
         ["loop.tiff", "symlink loop"], t / "out")),
     Case("patches-symlink-loop", lambda c, t: (
         ["patches", str(c.manifest_with(t, row=f"{_loop(t)},,2,test")), "-o", str(t / "out")],
-        ["m.csv", "symlink loop"], t / "out")),
+        ["m.csv", f"line 2: slide {t / 'loop.tiff'}: is a symlink loop"], t / "out")),
+    Case("patches-annotation-symlink-loop", lambda c, t: (
+        ["patches", str(c.manifest_with(t, row=f"{c.slide},{_loop(t)},2,test")), "-o", str(t / "out")],
+        ["m.csv", f"line 2: annotation {t / 'loop.tiff'}: is a symlink loop"], t / "out")),
+    Case("segment-patch-model-unused-by-unet-lr", lambda c, t: (
+        _seg(c, t, "--patch-model", str(c.patch_model), "--refine-model",
+             str(tiny_refiner(t / "r3.onnx", channels=3))), ["patch.onnx", "r3.onnx", "takes no heatmap"],
+        t / "out")),
+    Case("segment-heatmaps-folder-missing", lambda c, t: (
+        _seg(c, t, "--no-refine", "--patch-model", str(c.patch_model), "--heatmaps", str(t / "nowhere")),
+        [f"{t / 'nowhere'}: --heatmaps: no such folder"], t / "out")),
     # -- heatmap ---------------------------------------------------------------------------------
     Case("heatmap-missing-manifest", lambda c, t: (
         ["heatmap", str(t / "none.csv"), "-o", str(t / "out"), "--patch-model", str(c.patch_model)],

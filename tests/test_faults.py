@@ -305,3 +305,122 @@ def test_a_working_refiner_segments(cohort: Path, tmp_path: Path) -> None:
     assert main(["-q", "segment", str(cohort / "a.tiff"), "--patch-model", str(cohort / "patch.onnx"),
                  "--refine-model", str(tiny_refiner(tmp_path / "r.onnx")), "-o", str(out)]) == 0
     assert (out / "a.json").is_file() and (out / "a.mask.tiff").is_file()
+
+
+# -- issue 25 item 4: messages tried with bad inputs and faults ------------------------------------------
+def test_full_disk_while_taking_the_lock_names_the_folder_and_leaves_no_lock(cohort: Path, tmp_path: Path,
+                                                                             monkeypatch, capsys) -> None:
+    """Was: ``error: .: no space ... while writing ?`` with another disk's free space, and a 0-byte lock."""
+    import types
+
+    from h2gnet.io import lock
+
+    monkeypatch.setattr(lock, "json", types.SimpleNamespace(dump=_enospc, loads=json.loads))
+    out = tmp_path / "out"
+    code = main(["-q", "segment", str(cohort / "a.tiff"), "--no-refine", "--patch-model",
+                 str(cohort / "patch.onnx"), "-o", str(out)])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(f"error: {out}: no space left on the device while writing {lock.LOCK_FILE}")
+    assert not (out / lock.LOCK_FILE).exists()  # no empty lock left for the next run to stumble on
+    assert not (out / "a.json").exists()
+
+
+def test_full_disk_error_without_a_file_name_names_no_other_folder(tmp_path: Path, monkeypatch, capsys) -> None:
+    from h2gnet import cli
+
+    monkeypatch.setattr(cli, "_cmd_synth", _enospc)  # an OSError that names no file
+    monkeypatch.chdir(tmp_path)
+    assert main(["synth", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no space left on the device" in err[0]
+    assert not err[0].startswith("error: .:") and "writing ?" not in err[0] and "free;" not in err[0]
+
+
+def test_output_name_taken_by_a_folder_is_named_not_a_raw_oserror(cohort: Path, tmp_path: Path) -> None:
+    """Was ``IsADirectoryError: [Errno 21] ...`` in status.csv for any output but the summary."""
+    out = tmp_path / "out"
+    (out / "a.mask.tiff").mkdir(parents=True)
+    code = main(["-q", "segment", str(cohort / "a.tiff"), "--no-refine", "--patch-model",
+                 str(cohort / "patch.onnx"), "-o", str(out)])
+    error = _status(out)["a"]["error"]
+    assert code == 1 and error == f"{out / 'a.mask.tiff'}: is a folder where the slide's mask should be written; " \
+                                  "move it away"
+    assert not (out / "a.json").exists() and not (out / "a.geojson").exists()
+
+
+def test_atomic_write_onto_a_folder_is_one_clear_error(tmp_path: Path) -> None:
+    from h2gnet.io.atomic import write_text
+
+    (tmp_path / "x.json").mkdir()
+    with pytest.raises(H2GNetError, match="is a folder where this output file should be written") as info:
+        write_text(tmp_path / "x.json", "{}")
+    assert info.value.path == str(tmp_path / "x.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]  # no temporary file left
+
+
+def _held_by_a_live_process(folder: Path, command: str):
+    import socket
+    import subprocess
+    import sys
+
+    from h2gnet.io.lock import LOCK_FILE
+
+    folder.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    (folder / LOCK_FILE).write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
+                                                "started": "now", "command": command}))
+    return holder
+
+
+def test_second_evaluate_into_a_held_folder_is_refused(cohort: Path, tmp_path: Path, capsys) -> None:
+    predictions = tmp_path / "pred"
+    assert main(["-q", "segment", str(cohort / "manifest.csv"), "--no-refine", "--patch-model",
+                 str(cohort / "patch.onnx"), "-o", str(predictions)]) == 0
+    out = tmp_path / "evaluation"
+    holder = _held_by_a_live_process(out, "evaluate")
+    try:
+        capsys.readouterr()
+        code = main(["-q", "evaluate", str(cohort / "manifest.csv"), "--predictions", str(predictions),
+                     "-o", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and f"PID {holder.pid}" in err and "in use" in err and str(out) in err
+        assert not (out / "slides.csv").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    with pytest.warns(UserWarning, match="stale lock"):  # the holder is gone: its lock is taken over
+        assert main(["-q", "evaluate", str(cohort / "manifest.csv"), "--predictions", str(predictions),
+                     "-o", str(out)]) == 0
+    assert (out / "slides.csv").exists() and not (out / ".h2gnet.lock").exists()
+
+
+def test_second_training_into_a_held_run_folder_is_refused(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from h2gnet.train.config import PatchTrainConfig
+    from h2gnet.train.patch_classifier import train_patch_classifier
+    from h2gnet.train.run_state import TrainingRun
+
+    run = tmp_path / "run"
+    holder = _held_by_a_live_process(run, "train-patch")
+    try:
+        cfg = PatchTrainConfig(manifest=str(tmp_path / "m.csv"), index_dir=str(tmp_path / "index"))
+        with pytest.raises(H2GNetError, match=f"PID {holder.pid} .*train-patch"):
+            train_patch_classifier(run, cfg)  # refused before the manifest or the index is read
+        assert sorted(p.name for p in run.iterdir()) == [".h2gnet.lock"]
+        with pytest.raises(H2GNetError, match="is in use"), TrainingRun(run, cfg).held("train-refine"):
+            pass
+        with TrainingRun(run, cfg).held("train-patch", writer=False):  # ranks > 0 of torchrun take no lock
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_refiner_output_of_another_size_is_said(cohort: Path, tmp_path: Path) -> None:
+    """Was stretched back to the input's grid silently."""
+    half = tiny_refiner(tmp_path / "half.onnx", halve=True)
+    with pytest.warns(UserWarning, match=rf"{half}: the refiner returned a 16×16 px output for its 32×32 px input"):
+        code = main(["-q", "segment", str(cohort / "a.tiff"), "--patch-model", str(cohort / "patch.onnx"),
+                     "--refine-model", str(half), "-o", str(tmp_path / "out")])
+    assert code == 0 and (tmp_path / "out" / "a.mask.tiff").exists()

@@ -44,10 +44,14 @@ def tiny_patch_model(path: Path, *, columns: int = 2, nan: bool = False, raw: bo
     return _save(graph, meta, path)
 
 
-def tiny_refiner(path: Path, *, classes: int = 2, channels: int = 4, size: int = 32, nan: bool = False) -> Path:
-    """A refiner graph: 1×1 convolution -> softmax over ``classes`` channels, (N, classes, size, size)."""
+def tiny_refiner(path: Path, *, classes: int = 2, channels: int = 4, size: int = 32, nan: bool = False,
+                 halve: bool = False) -> Path:
+    """A refiner graph: 1×1 convolution -> softmax over ``classes`` channels, (N, classes, size, size).
+
+    ``halve``: the output is half the input's size (2×2 average pooling), as a refiner of another design."""
     from onnx import TensorProto, helper
 
+    out = size // 2 if halve else size
     w = np.linspace(-1, 1, classes * channels, dtype=np.float32).reshape(classes, channels, 1, 1)
     nodes = [helper.make_node("Conv", ["input", "w"], ["logits"]),
              helper.make_node("Softmax", ["logits"], ["soft"], axis=1)]
@@ -55,12 +59,15 @@ def tiny_refiner(path: Path, *, classes: int = 2, channels: int = 4, size: int =
     if nan:
         nodes.append(helper.make_node("Mul", [last, "nan"], ["withnan"]))
         last = "withnan"
+    if halve:
+        nodes.append(helper.make_node("AveragePool", [last], ["pooled"], kernel_shape=[2, 2], strides=[2, 2]))
+        last = "pooled"
     nodes.append(helper.make_node("Identity", [last], ["probabilities"]))
     inits = [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel()),
              helper.make_tensor("nan", TensorProto.FLOAT, [], [float("nan")])]
     graph = helper.make_graph(
         nodes, "tiny-refiner", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", channels, size, size])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes, size, size])], inits)
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes, out, out])], inits)
     return _save(graph, {"h2gnet_kind": "refiner", "input_size": str(size), "in_channels": str(channels)}, path)
 
 

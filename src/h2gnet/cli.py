@@ -28,7 +28,8 @@ from h2gnet.infer.heatmap import heatmap_cohort, is_upsampling_refusal
 from h2gnet.infer.model_card import preset_model, preset_names
 from h2gnet.infer.quantize import QuantizeConfig, quantize_patch_model
 from h2gnet.infer.segment import Models, SegmentConfig, check_writable, segment_many
-from h2gnet.io.atomic import DISK_FULL_ERRNOS, disk_full_error, write_bytes
+from h2gnet.io.atomic import DISK_FULL_ERRNOS, disk_full_from, write_bytes
+from h2gnet.io.lock import folder_lock
 from h2gnet.io.manifest import read_manifest, select
 from h2gnet.io.slides import SLIDE_MPP_RULE, open_slide
 from h2gnet.io.text_table import format_rows
@@ -274,6 +275,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         raise H2GNetError(None, "give either --refine-model R.onnx or --no-refine (the patch-wise result)")
     if args.no_refine and args.patch_model is None and args.preset is None:
         raise H2GNetError(None, "--no-refine needs --patch-model")
+    if args.heatmaps is not None and not args.heatmaps.is_dir():  # not a silent recomputation of every heatmap
+        raise H2GNetError(args.heatmaps, "--heatmaps: no such folder; give the folder `h2gnet heatmap` wrote, or "
+                                         "leave the option out to compute the heatmaps")
     cfg = _segment_config(args, refine_model)
     with _engine(args) as engine:
         status = segment_many(args.inputs, args.output, cfg, mpp=args.mpp, overwrite=args.overwrite, engine=engine)
@@ -429,16 +433,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     entries = select(read_manifest(args.manifest), None if args.split == "all" else args.split)
     failures: list[str] = []
-    with _engine(args) as engine:
-        rows = evaluate_predictions(entries, args.predictions, EvaluateConfig(args.mpp).mpp, args.design,
-                                    progress=not args.quiet, engine=engine, failures=failures)
-    if not rows and len(failures) == 1:
-        raise H2GNetError(None, failures[0])
-    for message in failures:
-        print(f"error: {message}", file=sys.stderr)
-    if not rows:
-        raise H2GNetError(args.predictions, f"no slide could be evaluated ({len(failures)} failed)")
-    summaries = write_evaluation(args.output, rows, args.mpp)
+    with folder_lock(args.output, "evaluate"):  # one evaluation per output folder
+        with _engine(args) as engine:
+            rows = evaluate_predictions(entries, args.predictions, EvaluateConfig(args.mpp).mpp, args.design,
+                                        progress=not args.quiet, engine=engine, failures=failures)
+        if not rows and len(failures) == 1:
+            raise H2GNetError(None, failures[0])
+        for message in failures:
+            print(f"error: {message}", file=sys.stderr)
+        if not rows:
+            raise H2GNetError(args.predictions, f"no slide could be evaluated ({len(failures)} failed)")
+        summaries = write_evaluation(args.output, rows, args.mpp)
     print_table(summaries)
     print(f"\nper-slide CSV, Markdown and JSON summaries in {args.output} (at {args.mpp} µm/px)")
     if failures:
@@ -615,7 +620,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         if exc.errno not in DISK_FULL_ERRNOS:
             raise
-        print(f"error: {disk_full_error(Path(exc.filename or '.').parent, exc.filename or '?')}", file=sys.stderr)
+        print(f"error: {disk_full_from(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished work is kept; run the same command again to resume", file=sys.stderr)

@@ -10,6 +10,7 @@ low-resolution image's grid (aspect preserved) and thresholded at 0.5.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import cv2
@@ -121,6 +122,14 @@ def _checked(model: OnnxModel, x: np.ndarray) -> np.ndarray:
     if probs.ndim != 4 or probs.shape[1] < 2:
         raise H2GNetError(model.path, f"returned an output of shape {tuple(probs.shape)}; a refiner returns "
                                       "(N, classes >= 2, H, W) with the tumour class at index 1")
+    (rows, cols), (in_rows, in_cols) = probs.shape[-2:], x.shape[-2:]
+    if rows != cols:
+        raise H2GNetError(model.path, f"returned a {rows}×{cols} px output for a {in_rows}×{in_cols} px input; "
+                                      "a refiner's output must be square (the same size as its input)")
+    if (rows, cols) != (in_rows, in_cols):  # stretched back to the low-resolution grid: say so, once per model
+        warnings.warn(f"{model.path}: the refiner returned a {rows}×{cols} px output for its {in_rows}×{in_cols} px "
+                      "input; the output is resized to the input's grid (check that the model or its card's input "
+                      "size is the intended one)", UserWarning, stacklevel=3)
     return probs
 
 

@@ -133,6 +133,9 @@ class Models:
                                         "or 3 (UNet-LR)")
         if patch is None and (ref is None or ref.in_channels != 3):
             raise H2GNetError(None, "a patch model is needed (only a 3-channel UNet-LR refiner works without one)")
+        if patch is not None and ref is not None and ref.in_channels == 3:  # its heatmaps would go unused
+            raise H2GNetError(patch.path, f"would not be used: the refiner {ref.path} takes no heatmap (3 channels, "
+                                          "UNet-LR); leave out the patch model, or give a 4-channel refiner")
         return cls(patch, ref)
 
 
@@ -376,9 +379,11 @@ def segment_many(inputs: list[str], out_dir: str | Path, cfg: SegmentConfig, mpp
             if not overwrite and slide_done(out_dir, path.stem):
                 status.record(str(path), "skipped", 0.0, "already done")
                 continue
-            if outputs.summary.is_dir():
-                status.record(str(path), "failed", 0.0, f"{outputs.summary}: is a folder where the slide's "
-                                                        "summary should be written; move it away")
+            clash = next(((kind, p) for kind, p in outputs.as_dict().items()
+                          if p.is_dir() and (kind != "heatmap" or models.patch is not None)), None)
+            if clash is not None:  # an output name taken by a folder: say which, before any work
+                status.record(str(path), "failed", 0.0, f"{clash[1]}: is a folder where the slide's "
+                                                        f"{clash[0]} should be written; move it away")
                 continue
             outputs.summary.unlink(missing_ok=True)  # redone: not done until its task writes it again
             where = path.resolve() if engine.distributed else path

@@ -55,6 +55,16 @@ def disk_full_error(folder: str | Path, final: str | Path, written: int = 0) -> 
                                "free some space (or choose another folder) and run again")
 
 
+def disk_full_from(exc: OSError) -> H2GNetError:
+    """The error for a full disk reported by an ``OSError`` that escaped every writer: its file and folder when
+    the error names them, else no folder at all (rather than the current folder's free space, another disk's)."""
+    if exc.filename is None:
+        return H2GNetError(None, f"no space left on the device ({exc.strerror or exc}) while writing a file this "
+                                 "error does not name; free some space (or choose another folder) and run again")
+    final = Path(os.fsdecode(exc.filename))
+    return disk_full_error(final.parent, final)
+
+
 def is_disk_full(exc: BaseException, folder: str | Path) -> bool:
     """True when ``exc`` (from a write into ``folder``) means the disk or quota is full."""
     if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
@@ -97,6 +107,8 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
         if is_disk_full(exc, parent):
             raise disk_full_error(parent, final, written) from None
+        if isinstance(exc, IsADirectoryError) or (isinstance(exc, OSError) and final.is_dir()):
+            raise H2GNetError(final, "is a folder where this output file should be written; move it away") from None
         raise
 
 

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from h2gnet.errors import H2GNetError
-from h2gnet.io.atomic import remove_orphans
+from h2gnet.io.atomic import DISK_FULL_ERRNOS, disk_full_error, is_disk_full, remove_orphans
 
 LOCK_FILE = ".h2gnet.lock"
 
@@ -93,9 +93,18 @@ def folder_lock(folder: str | Path, command: str = "h2gnet") -> Iterator[Path]:
                 path.unlink()
             continue
         except OSError as exc:
+            if exc.errno in DISK_FULL_ERRNOS:
+                raise disk_full_error(folder, path) from None
             raise H2GNetError(folder, f"output folder is not writable ({exc.strerror or exc})") from None
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(me, fh)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(me, fh)
+        except OSError as exc:  # a full disk: leave no empty lock behind, name this folder and its free space
+            with contextlib.suppress(OSError):
+                path.unlink()
+            if is_disk_full(exc, folder):
+                raise disk_full_error(folder, path) from None
+            raise H2GNetError(path, f"cannot write the lock file ({exc.strerror or exc})") from None
         break
     else:
         raise H2GNetError(folder, f"could not take {LOCK_FILE} (another run keeps taking it)")

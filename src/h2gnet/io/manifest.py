@@ -16,6 +16,7 @@ import csv
 import io
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,11 +88,8 @@ def _parse_row(row: dict[str, str], base: Path, path: Path, line: int) -> SlideE
     free_raw = (row.get("tumour_free") or "").strip().lower()
     if free_raw not in TRUE_WORDS + FALSE_WORDS:
         raise where(f"tumour_free {free_raw!r} is not yes, no or empty")
-    try:
-        slide_path = (base / slide_raw).resolve()
-        ann_path = (base / ann_raw).resolve() if ann_raw else None
-    except (OSError, RuntimeError):  # a symlink loop
-        raise where(f"{slide_raw} or {ann_raw} is a symlink loop (or an unresolvable link)") from None
+    slide_path = _resolve(base, slide_raw, "slide", where)
+    ann_path = _resolve(base, ann_raw, "annotation", where) if ann_raw else None
     return SlideEntry(
         slide=slide_path,
         annotation=ann_path,
@@ -101,6 +99,15 @@ def _parse_row(row: dict[str, str], base: Path, path: Path, line: int) -> SlideE
         annotation_downsample=downsample,
         tumour_free=free_raw in TRUE_WORDS,
     )
+
+
+def _resolve(base: Path, raw: str, column: str, where: Callable[[str], H2GNetError]) -> Path:
+    """``base / raw`` with its links resolved; a symlink loop is an error naming the column and the file."""
+    try:
+        return (base / raw).resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        raise where(f"{column} {base / raw}: is a symlink loop (or an unresolvable link); give the file "
+                    "itself") from None
 
 
 def read_manifest(path: str | Path, *, check_files: bool = True) -> list[SlideEntry]:

@@ -361,7 +361,9 @@ def write_results(study: Study, rows: list[dict], designs: list[str], timings: d
         csv_lines.append(",".join([label] + [f"{s[m][k]:.4f}" for m in ("recall", "precision", "dice")
                                              for k in ("mean", "std")] + [str(s["n"])]))
     n_test = summaries[labels[0]]["overall"]["n"]
-    table1 = "\n".join(lines) + f"\n\nPhantom test slides: n = {n_test}. Paper: BCS-1 cohort, 90 test WSIs.\n"
+    given = study.section("cohort").get("manifest")  # a cohort of its own (real slides), else the phantom one
+    cohort = "Phantom test slides" if given is None else f"Test slides of {Path(given).name}"
+    table1 = "\n".join(lines) + f"\n\n{cohort}: n = {n_test}. Paper: BCS-1 cohort, 90 test WSIs.\n"
     write_text(res / "table1.md", table1)
     write_text(res / "table1.csv", "\n".join(csv_lines) + "\n")
     grades = sorted({str(r["grade"]) for r in rows if r["grade"] != ""})

@@ -158,7 +158,7 @@ def train_patch_classifier(run_dir: str | Path, cfg: PatchTrainConfig, *, overwr
     (also written to ``run_dir/metrics.json``).
     """
     run = TrainingRun(run_dir, cfg, overwrite=overwrite)  # refuses a bad folder before any work
-    with distributed_run() as ctx:
+    with distributed_run() as ctx, run.held("train-patch", writer=ctx.is_main):  # one training per run folder
         return _train(run, cfg, ctx)
 
 

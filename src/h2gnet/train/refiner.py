@@ -219,7 +219,7 @@ def train_refiner(run_dir: str | Path, cfg: RefineTrainConfig, *, overwrite: boo
     update is ``batch_size × world size`` slides, rank 0 alone writes the run folder.
     """
     run = TrainingRun(run_dir, cfg, overwrite=overwrite)  # refuses a bad folder before any work
-    with distributed_run() as ctx:
+    with distributed_run() as ctx, run.held("train-refine", writer=ctx.is_main):  # one training per run folder
         return _train(run, cfg, ctx)
 
 

@@ -14,11 +14,13 @@ tensor, so one atomic file is the whole state even after a kill mid-save, and wr
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
 import pickle
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from h2gnet import __version__
 from h2gnet.conventions import METRICS_FILE
 from h2gnet.errors import H2GNetError
 from h2gnet.io.atomic import atomic_path, write_text
+from h2gnet.io.lock import folder_lock
 
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.csv"
@@ -169,6 +172,17 @@ class TrainingRun:
             raise H2GNetError(self.dir, f"holds a run with other settings ({', '.join(diff)}); "
                                         "use another output folder or --overwrite")
         self._last = load_checkpoint(last)
+
+    @contextlib.contextmanager
+    def held(self, command: str, *, writer: bool = True) -> Iterator[None]:
+        """Hold the run folder for this run (``.h2gnet.lock``, :func:`h2gnet.io.lock.folder_lock`): a second
+        training into the same folder stops with an error naming this one. Only the ``writer`` takes it (rank 0
+        of a torchrun training holds it for all ranks)."""
+        if not writer:
+            yield
+            return
+        with folder_lock(self.dir, command):
+            yield
 
     def begin(self) -> None:
         """Create the folder and write ``config.json`` (with ``overwrite``, first drop the old run's files)."""
