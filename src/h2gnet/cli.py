@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import sys
@@ -27,7 +28,7 @@ from h2gnet.infer.adaptive import AdaptiveConfig
 from h2gnet.infer.heatmap import heatmap_cohort, is_upsampling_refusal
 from h2gnet.infer.model_card import preset_model, preset_names
 from h2gnet.infer.quantize import QuantizeConfig, quantize_patch_model
-from h2gnet.infer.segment import Models, SegmentConfig, check_writable, segment_many
+from h2gnet.infer.segment import Models, SegmentConfig, check_writable, expand_inputs, segment_many
 from h2gnet.io.atomic import DISK_FULL_ERRNOS, disk_full_from, write_bytes
 from h2gnet.io.lock import folder_lock
 from h2gnet.io.manifest import read_manifest, select
@@ -401,6 +402,66 @@ def _add_export_fast(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_export_fast)
 
 
+def _cmd_compare_fast(args: argparse.Namespace) -> int:
+    from h2gnet.fast.compare import compare_slide
+    from h2gnet.fast.runner import fast_available
+
+    if not fast_available():
+        raise H2GNetError(None, "compare-fast runs FAST's pipeline with pyFAST, which is not installed (pip install "
+                                "pyfast; Debian also needs pocl-opencl-icd ocl-icd-libopencl1 libusb-1.0-0)")
+    fpl_text = None
+    if args.fpl is not None:
+        try:
+            fpl_text = Path(args.fpl).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise H2GNetError(args.fpl, f"cannot read the pipeline text ({exc})") from None
+    slides = expand_inputs(args.inputs)
+    check_writable(args.output)
+    results, failures = [], 0
+    for path, slide_mpp in slides:
+        try:
+            results.append(compare_slide(path, Path(args.output) / path.stem, preset=args.preset,
+                                         models_dir=args.models_dir, fpl_text=fpl_text, mpp=slide_mpp or args.mpp,
+                                         timeout=args.timeout, threads=args.threads))
+        except H2GNetError as exc:
+            failures += 1
+            print(f"error: {exc}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([r.summary() for r in results], indent=2))
+    else:
+        rows = [{"slide": Path(r.slide).name, "both": r.patches_both, "h2gnet only": r.patches_h2gnet_only,
+                 "FAST only": r.patches_fast_only,
+                 "max diff": "-" if r.heatmap_max_difference is None else f"{r.heatmap_max_difference:.4f}",
+                 "p95 diff": "-" if r.heatmap_p95_difference is None else f"{r.heatmap_p95_difference:.4f}",
+                 "Dice": f"{r.dice:.3f}", "tumour h2gnet/FAST": f"{r.tumour_fraction_h2gnet:.1%} / "
+                                                              f"{r.tumour_fraction_fast:.1%}",
+                 "verdict": r.verdict} for r in results]
+        if rows:
+            print(format_rows(rows))
+    if failures:
+        return 1
+    return 0 if all(r.verdict == "agree" for r in results) else 3
+
+
+def _add_compare_fast(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare-fast", help="run FAST's published pipeline and h2gnet's preset on your slides and "
+                                            "compare patches, heatmaps and masks (needs pyFAST)")
+    p.add_argument("inputs", nargs="+", help="slide files, glob patterns or manifest .csv files")
+    p.add_argument("--preset", choices=preset_names(), default="h2gnet-2022")
+    p.add_argument("--models-dir", type=Path, default=None,
+                   help="folder of the preset's files (default: where fetch-models puts them)")
+    p.add_argument("--fpl", type=Path, default=None,
+                   help="the pipeline text FAST runs (e.g. FastPathology's copy of breast_tumour_segmentation.fpl; "
+                        "default: FAST's published text as h2gnet ships it); only its model paths are changed")
+    add_rule_option(p, SLIDE_MPP_RULE, "--mpp")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="folder for both runs' outputs and NAME/NAME.compare.json")
+    p.add_argument("--timeout", type=float, default=1800.0, metavar="SECONDS", help="limit of one FAST run")
+    add_param(p, SegmentConfig, "threads")
+    p.add_argument("--json", action="store_true", help="print the comparisons as JSON")
+    p.set_defaults(func=_cmd_compare_fast)
+
+
 def _cmd_fetch_models(args: argparse.Namespace) -> int:
     from h2gnet.fast.datahub import fetch_models
 
@@ -583,6 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stage1(sub)
     _add_stage2(sub)
     _add_export_fast(sub)
+    _add_compare_fast(sub)
     _add_fetch_models(sub)
     _add_evaluation(sub)
     _add_view(sub)

@@ -24,8 +24,8 @@ from h2gnet.io.atomic import write_text
 PUBLISHED_FPL = "breast_tumour_segmentation.fpl"
 #: The model paths as the published pipeline writes them (relative to the pipeline's folder).
 PUBLISHED_MODEL_PATHS = {
-    "patch-classifier": "$CURRENT_PATH$/../breast-tumour-segmentation-model/pw_tumour_mobilenetv2_model.onnx",
-    "refiner": "$CURRENT_PATH$/../breast-tumour-segmentation-model/unet_tumour_refinement_model_fix-opset9.onnx",
+    "patch-classifier": "$CURRENT_PATH$/../models/pw_tumour_mobilenetv2_model.onnx",
+    "refiner": "$CURRENT_PATH$/../models/unet_tumour_refinement_model_fix-opset9.onnx",
 }
 
 
@@ -34,9 +34,34 @@ def published_text() -> str:
     return (resources.files("h2gnet.fast") / "pipelines" / PUBLISHED_FPL).read_text(encoding="utf-8")
 
 
-def published_pipeline(patch_model: str | Path, refine_model: str | Path, out: str | Path) -> Path:
-    """Write the published pipeline to ``out`` with only its two model paths replaced by these files."""
-    text = published_text()
+def without_renderers(text: str) -> str:
+    """``text`` without its ``Renderer`` blocks (a ``Renderer`` line and the ``Attribute``/``Input`` lines
+    under it): they only draw in FastPathology's window, and pyFAST refuses to parse them without a display
+    ("Rendering in FAST was disabled"). The processing chain is untouched."""
+    kept: list[str] = []
+    in_renderer = False
+    for line in text.splitlines():
+        head = line.strip().split(" ", 1)[0]
+        if head == "Renderer":
+            in_renderer = True
+            continue
+        if in_renderer and head in ("Attribute", "Input"):
+            continue
+        in_renderer = False
+        kept.append(line)
+    while kept and not kept[-1].strip():
+        kept.pop()
+    return "\n".join(kept) + "\n"
+
+
+def published_pipeline(patch_model: str | Path, refine_model: str | Path, out: str | Path, *,
+                       headless: bool = True, text: str | None = None) -> Path:
+    """Write the published pipeline (or ``text``, e.g. a copy from FAST's data hub) to ``out`` with only its
+    two model paths replaced by these files, and, when ``headless``, without its renderers
+    (:func:`without_renderers`)."""
+    text = published_text() if text is None else text
+    if headless:
+        text = without_renderers(text)
     for kind, model in (("patch-classifier", patch_model), ("refiner", refine_model)):
         path = Path(model).resolve()
         if not path.is_file():

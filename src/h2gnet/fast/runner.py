@@ -389,19 +389,22 @@ def fast_available() -> bool:
 def segmentation_raster(result: FastRun, mpp: float = EVAL_MPP, key: str = "segmentation") -> Raster:
     """FAST's ``segmentation`` (or ``tissue``) of :func:`run_fast_pipeline` on the slide's frame at ``mpp`` µm/px.
 
-    FAST's masks cover the slide's extent (anisotropic spacing for the refined one); they are mapped
-    to the level-0 frame by their spacing and resampled with nearest neighbour.
+    Both masks are images of the whole slide: the tissue mask is the smallest pyramid level's, the refined
+    segmentation the network's output for that level stretched to its input (1024 × 1024 px for the
+    published refiner). They are stretched back over the slide's extent and resampled with nearest
+    neighbour. Not by the spacing FAST labels them with: pyFAST 4.18 labelled the 1024 × 1024 px
+    segmentation of an 8,000 × 6,000 µm slide (smallest level 1000 × 750 px at 8 µm/px) 8.0 × 6.0 µm/px,
+    which would make it 8,192 × 6,144 µm, 2.4 % larger than the slide it was computed from.
     """
     slide_mpp = result.slide_mpp
     if not slide_mpp:
         raise H2GNetError(result.slide, "the FAST result has no µm/px; run it with mpp=")
     mask = np.asarray(getattr(result, key), bool)
-    sx, sy = getattr(result, f"{key}_spacing_um")
     w0, h0 = result.dimensions_l0
     rows, cols = max(1, round(h0 * slide_mpp / mpp)), max(1, round(w0 * slide_mpp / mpp))
-    # centre of each target pixel, in µm, then the FAST pixel holding it
-    ys = np.minimum(((np.arange(rows) + 0.5) * mpp / sy).astype(np.int64), mask.shape[0] - 1)
-    xs = np.minimum(((np.arange(cols) + 0.5) * mpp / sx).astype(np.int64), mask.shape[1] - 1)
+    # centre of each target pixel, as a fraction of the slide, then the FAST pixel holding it
+    ys = np.minimum(((np.arange(rows) + 0.5) / rows * mask.shape[0]).astype(np.int64), mask.shape[0] - 1)
+    xs = np.minimum(((np.arange(cols) + 0.5) / cols * mask.shape[1]).astype(np.int64), mask.shape[1] - 1)
     return Raster(mask[ys][:, xs], mpp, float(slide_mpp))
 
 

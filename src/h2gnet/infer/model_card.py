@@ -21,7 +21,10 @@ of ``{"name", "arguments"}`` steps). Unknown keys are errors naming the file and
     input               {"layout": "NCHW" | "NHWC" | "auto" (read from the graph),
                          "names": graph input names in role order (refiner: [image, heatmap]),
                          "inputs": "concatenated" | "separate" (refiner: RGB+heatmap as one tensor
-                                   or two inputs)}
+                                   or two inputs),
+                         "order": without "names", which separate input is the image: "channels" (the
+                                  3-channel one, default) | "alphabetical" (FAST: the first name in
+                                  alphabetical order, as FAST binds its ports)}
     transform           list of steps on RGB 0-255, in order: {"name": "Scale", "arguments":
                         {"factor": f}}, {"name": "Normalize", "arguments": {"mean": [..3], "std": [..3]}}
                         (patch classifiers; default: Scale 1/255)
@@ -31,7 +34,10 @@ of ``{"name", "arguments"}`` steps). Unknown keys are errors naming the file and
                                    | "rgb-distance" (FAST: RGB distance from white > threshold on the
                                      smallest pyramid level, then dilation and erosion),
                          "threshold", "dilation", "erosion" (px of the smallest level),
-                         "min_fraction" (tissue a patch needs, 0-1), "inclusive" (>= instead of >)}
+                         "min_fraction" (tissue a patch needs, 0-1), "inclusive" (>= instead of >),
+                         "fraction": how a patch's tissue fraction is measured: "area" (exact, default)
+                                     | "fast-resize" (FAST 4.18: the mask Gaussian-smoothed and resized
+                                       bilinearly onto the patch grid, one value per patch)}
     unclassified_value  heatmap value of patches not classified (default 0)
     refiner             {"input_size_pixels" (default: the graph's),
                          "image_source": "h2gnet" (smallest level >= size, read at most 2x size)
@@ -61,6 +67,10 @@ CARD_SUFFIX = ".card.json"
 #: h2gnet's HSV rule: saturation > 20 at 8 µm/px (see :mod:`h2gnet.patches.tissue`), patches > 25 % tissue.
 HSV_RULE = "hsv-saturation"
 RGB_DISTANCE_RULE = "rgb-distance"
+#: How a patch's tissue fraction is measured (``tissue.fraction``).
+FRACTIONS = ("area", "fast-resize")
+#: Which of a refiner's separate inputs is the image (``input.order``).
+INPUT_ORDERS = ("channels", "alphabetical")
 
 
 def _fail(source: str | Path | None, key: str, problem: str) -> H2GNetError:
@@ -73,8 +83,10 @@ class TissueRule:
 
     ``method`` "hsv-saturation" (h2gnet's rule; ``threshold`` is ignored) or "rgb-distance"
     (FAST's: RGB distance from white > ``threshold`` on the 0–255 scale, on the smallest pyramid
-    level, then a dilation and an erosion of ``dilation`` / ``erosion`` px there); a patch is
-    classified when its tissue fraction is > ``min_fraction`` (≥ when ``inclusive``).
+    level, then a dilation and an erosion with discs of ``dilation`` / ``erosion`` px there); a patch is
+    classified when its tissue fraction is > ``min_fraction`` (≥ when ``inclusive``). ``fraction``:
+    "area" measures it exactly on the mask's pixels; "fast-resize" as FAST 4.18's ``PatchGenerator``
+    does (:func:`h2gnet.patches.grid.fast_cell_fractions`).
     """
 
     method: str = HSV_RULE
@@ -83,6 +95,7 @@ class TissueRule:
     erosion: int = 9
     min_fraction: float = 0.25
     inclusive: bool = False
+    fraction: str = "area"
     source: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -96,6 +109,8 @@ class TissueRule:
                 raise _fail(self.source, f"tissue.{key}", f"{value!r} is not a size 0-99 px")
         if not 0 <= self.min_fraction <= 1:
             raise _fail(self.source, "tissue.min_fraction", f"{self.min_fraction} is not a fraction 0-1")
+        if self.fraction not in FRACTIONS:
+            raise _fail(self.source, "tissue.fraction", f"{self.fraction!r} is not one of {', '.join(FRACTIONS)}")
 
 
 @dataclass(frozen=True)
@@ -115,6 +130,7 @@ class ModelCard:
     layout: str = "auto"
     input_names: tuple[str, ...] | None = None
     refiner_inputs: str = "concatenated"
+    input_order: str = "channels"
     scale: float = 1.0 / 255.0
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
@@ -152,6 +168,8 @@ class ModelCard:
             raise _fail(src, "input.inputs", f"{self.refiner_inputs!r} is not 'concatenated' or 'separate'")
         if self.refiner_inputs == "separate" and self.kind != "refiner":
             raise _fail(src, "input.inputs", "separate image and heatmap inputs are for refiners")
+        if self.input_order not in INPUT_ORDERS:
+            raise _fail(src, "input.order", f"{self.input_order!r} is not one of {', '.join(INPUT_ORDERS)}")
         if not (math.isfinite(self.scale) and self.scale > 0):
             raise _fail(src, "transform", f"scale factor {self.scale} must be positive")
         for key in ("mean", "std"):
@@ -190,10 +208,12 @@ class ModelCard:
                        tissue=None if self.tissue is None else {
                            "method": self.tissue.method, "threshold": self.tissue.threshold,
                            "dilation": self.tissue.dilation, "erosion": self.tissue.erosion,
-                           "min_fraction": self.tissue.min_fraction, "inclusive": self.tissue.inclusive},
+                           "min_fraction": self.tissue.min_fraction, "inclusive": self.tissue.inclusive,
+                           "fraction": self.tissue.fraction},
                        unclassified_value=self.unclassified_value)
         else:
-            out.update(input_size=self.input_size, inputs=self.refiner_inputs, image_source=self.image_source,
+            out.update(input_size=self.input_size, inputs=self.refiner_inputs, input_order=self.input_order,
+                       image_source=self.image_source,
                        image_normalisation=self.image_normalisation, resize=self.resize, threshold=self.threshold)
         if self.licence:
             out["licence"] = self.licence
@@ -204,8 +224,8 @@ class ModelCard:
 _TOP = {"spec_version", "kind", "name", "description", "class_names", "tumour_class", "output", "input",
         "transform", "patch_size_pixels", "spacing_um_px", "tissue", "unclassified_value", "refiner",
         "licence", "source"}
-_INPUT = {"layout", "names", "inputs"}
-_TISSUE = {"method", "threshold", "dilation", "erosion", "min_fraction", "inclusive"}
+_INPUT = {"layout", "names", "inputs", "order"}
+_TISSUE = {"method", "threshold", "dilation", "erosion", "min_fraction", "inclusive", "fraction"}
 _REFINER = {"input_size_pixels", "image_source", "image_normalisation", "resize", "threshold"}
 
 
@@ -258,6 +278,8 @@ def card_from_dict(doc: Any, source: str | Path, **overrides: Any) -> ModelCard:
             kw["layout"] = _typed(inp, "layout", str, "input", source)
         if "inputs" in inp:
             kw["refiner_inputs"] = _typed(inp, "inputs", str, "input", source)
+        if "order" in inp:
+            kw["input_order"] = _typed(inp, "order", str, "input", source)
         if inp.get("names") is not None:
             names = _typed(inp, "names", list, "input", source)
             if not names or not all(isinstance(n, str) and n for n in names):
@@ -292,7 +314,7 @@ def card_from_dict(doc: Any, source: str | Path, **overrides: Any) -> ModelCard:
         tk: dict[str, Any] = {"source": str(source)}
         checks: tuple[tuple[str, type | tuple[type, ...]], ...] = (
             ("method", str), ("threshold", (int, float)), ("dilation", int), ("erosion", int),
-            ("min_fraction", (int, float)), ("inclusive", bool))
+            ("min_fraction", (int, float)), ("inclusive", bool), ("fraction", str))
         for key, want in checks:
             if key in t:
                 tk[key] = _typed(t, key, want, "tissue", source)

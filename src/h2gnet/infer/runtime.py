@@ -281,6 +281,14 @@ def bind_card(session: object, path: Path, expect: str, metadata: dict[str, str]
                 raise _mismatch(path, card, "input.names", f"{list(card.input_names)}, but the graph's inputs are "
                                                            f"{list(by_name)}")
             order = list(card.input_names)
+        elif card.input_order == "alphabetical":  # FAST: its ports go to the inputs in sorted order of name
+            order = sorted(by_name)
+            if 3 not in (_dim(by_name[order[0]][1]), _dim(by_name[order[0]][3])):
+                raise _mismatch(path, card, "input.order", f"FAST gives the image (port 0) to the input "
+                                                           f"{order[0]!r} (the first name in alphabetical order), "
+                                                           f"whose shape {by_name[order[0]]} takes no RGB image: "
+                                                           "FAST cannot run this model in the published pipeline; "
+                                                           "name the inputs in the card (input.names) to bind them")
         else:  # the 3-channel input is the image, the 1-channel one the heatmap; else the graph's order
             probe = [n for n, s in inputs if 3 in (_dim(s[1]), _dim(s[3]))]
             order = [probe[0], next(n for n, _ in inputs if n != probe[0])] if len(probe) == 1 else \

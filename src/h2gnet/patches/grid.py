@@ -106,6 +106,33 @@ def cell_fractions(mask: Raster, grid: PatchGrid) -> np.ndarray:
     return (total / np.maximum(area, 1.0)).astype(np.float32)
 
 
+#: FAST's Gaussian smoothing caps its kernel at this many pixels per side.
+FAST_MAX_KERNEL = 19
+
+
+def fast_cell_fractions(mask: Raster, grid: PatchGrid) -> np.ndarray:
+    """Each grid cell's tissue fraction (0–1, float32) estimated as FAST 4.18's ``PatchGenerator`` does it.
+
+    FAST does not measure a patch's share of the mask: it resizes the whole mask (0/1 as float) to one
+    pixel per patch — a Gaussian pre-smoothing with σ = (mask px per cell − 1) / 2 per axis (kernel
+    2⌈2σ⌉ + 1 px, at most 19, edges replicated), then bilinear sampling at the cells' centres — stretching
+    the mask's extent onto the grid's rows × cols, and keeps the patches whose value is ≥ its
+    ``mask-threshold``. Found by reading FAST's kernels and checking pyFAST 4.18 on slides of known content
+    (48 of 48 and 49 of 49 patch decisions); it differs from the exact area fraction
+    (:func:`cell_fractions`) most at the tissue's border and near thin structures, where the smoothing
+    spreads tissue into cells that hold little of it.
+    """
+    rows, cols = grid.shape
+    a = mask.array.astype(np.float32)
+    h, w = a.shape
+    if cols < w or rows < h:
+        sx, sy = max((w / cols - 1.0) / 2.0, 1e-6), max((h / rows - 1.0) / 2.0, 1e-6)
+        kx = min(2 * math.ceil(2 * sx) + 1, FAST_MAX_KERNEL)
+        ky = min(2 * math.ceil(2 * sy) + 1, FAST_MAX_KERNEL)
+        a = cv2.GaussianBlur(a, (kx, ky), sigmaX=sx, sigmaY=sy, borderType=cv2.BORDER_REPLICATE)
+    return cv2.resize(a, (cols, rows), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+
+
 @dataclass
 class PatchIndex:
     """Accepted patches of one slide: coordinates in level-0 px, labels, fractions."""

@@ -73,17 +73,33 @@ def detect_tissue(slide: Slide, config: TissueConfig = TissueConfig(), *, requir
     return Raster(mask, config.mpp, slide.mpp)
 
 
+#: FAST reads a pyramid level as one image only up to this many pixels per side (``getLevelAsImage``).
+FAST_MAX_LEVEL_SIDE = 16384
+
+
+def _disk(size: int) -> np.ndarray:
+    """FAST's morphology element for a kernel ``size``: the pixels within radius ``size // 2`` (Euclidean)."""
+    r = size // 2
+    ys, xs = np.mgrid[-r:r + 1, -r:r + 1]
+    return (xs * xs + ys * ys <= r * r).astype(np.uint8)
+
+
 def rgb_distance_tissue(rgb: np.ndarray, threshold: float, dilation: int, erosion: int) -> np.ndarray:
     """FAST's colour-threshold tissue rule on an RGB uint8 image: Euclidean distance from white
-    (255, 255, 255) > ``threshold`` (0–255 scale), then a dilation and an erosion with discs of
-    ``dilation`` / ``erosion`` px (0: none)."""
+    (255, 255, 255) > ``threshold`` (0–255 scale), black (0, 0, 0: an empty scan area) excluded, then a
+    dilation and an erosion with discs of radius ``dilation // 2`` / ``erosion // 2`` px (sizes ≤ 1: none).
+
+    As FAST's ``TissueSegmentation`` kernels do it: the dilation sees nothing beyond the image's edge, the
+    erosion repeats the edge pixels (pyFAST 4.18 gave the same mask to the pixel on two slides).
+    """
     diff = 255.0 - rgb.astype(np.float32)
-    mask = (np.sqrt((diff * diff).sum(axis=2)) > threshold).astype(np.uint8)
+    mask = (np.sqrt((diff * diff).sum(axis=2)) > threshold) & rgb.any(axis=2)
+    out = mask.astype(np.uint8)
     if dilation > 1:
-        mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (dilation, dilation)))
+        out = cv2.dilate(out, _disk(dilation), borderType=cv2.BORDER_CONSTANT, borderValue=0)
     if erosion > 1:
-        mask = cv2.erode(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (erosion, erosion)))
-    return mask.astype(bool)
+        out = cv2.erode(out, _disk(erosion), borderType=cv2.BORDER_REPLICATE)
+    return out.astype(bool)
 
 
 def detect_tissue_rgb_distance(slide: Slide, threshold: float, dilation: int, erosion: int,
@@ -93,10 +109,13 @@ def detect_tissue_rgb_distance(slide: Slide, threshold: float, dilation: int, er
 
     ``max_mpp``: the coarsest useful µm/px. Some pyramids go down to a few pixels (DICOM: 1×1), where
     FAST's rule would see no tissue; the smallest level not coarser than ``max_mpp`` is used then
-    (read at ``max_mpp`` when no level is that fine).
+    (read at ``max_mpp`` when no level is that fine, or when the level chosen is larger than FAST itself
+    reads, :data:`FAST_MAX_LEVEL_SIDE`).
     """
     usable = [lv for lv in slide.levels if max_mpp is None or slide.mpp * lv.downsample <= max_mpp]
     mpp = slide.mpp * usable[-1].downsample if usable else float(max_mpp or slide.mpp)
+    if usable and max_mpp is not None and max(usable[-1].dimensions) > FAST_MAX_LEVEL_SIDE:
+        mpp = float(max_mpp)
     mask = rgb_distance_tissue(slide.read_whole(mpp), threshold, dilation, erosion)
     if require and not mask.any():
         raise H2GNetError(slide.path, f"no tissue found: no pixel of the smallest level is further than {threshold:g} "
