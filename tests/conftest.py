@@ -40,6 +40,29 @@ def write_pyramid_tiff(path: Path, image: np.ndarray, mpp: float | None, downsam
     return path
 
 
+def write_aperio_svs(path: Path, image: np.ndarray, mpp: float, magnification: float | None,  # noqa: PLR0913
+                     downsamples=(1, 4, 16), *, rounding: str = "floor", tile: int = 256) -> Path:
+    """An Aperio-style SVS (tiled JPEG levels, 'Aperio Image Library' descriptions with ``MPP`` and, unless
+    None, ``AppMag``) that OpenSlide opens with its aperio driver. Level sizes are level-0 size / downsample,
+    rounded down (``rounding`` "floor", as most scanners write them) or up ("ceil")."""
+    h0, w0 = image.shape[:2]
+
+    def size(v: int, ds: int) -> int:
+        return -(-v // ds) if rounding == "ceil" else v // ds
+
+    with tifffile.TiffWriter(path, bigtiff=False) as tif:
+        for ds in downsamples:
+            level = image if ds == 1 else cv2.resize(image, (size(w0, ds), size(h0, ds)), interpolation=cv2.INTER_AREA)
+            h, w = level.shape[:2]
+            mag = "" if magnification is None else f"|AppMag = {magnification:g}"
+            desc = (f"Aperio Image Library v12.0.16\r\n{w0}x{h0} [0,0 {w0}x{h0}] ({tile}x{tile}) JPEG Q=90{mag}"
+                    f"|MPP = {mpp}" if ds == 1 else
+                    f"Aperio Image Library v12.0.16\r\n{w0}x{h0} -> {w}x{h} - ({tile}x{tile}) JPEG Q=90")
+            tif.write(level, tile=(tile, tile), photometric="rgb", compression="jpeg", compressionargs={"level": 90},
+                      description=desc, metadata=None)
+    return path
+
+
 def phantom_image(width: int, height: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A white slide with a pink tissue ellipse and a purple 'tumour' disc inside it; returns (rgb, tumour)."""
     rng = np.random.default_rng(seed)

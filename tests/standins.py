@@ -91,13 +91,15 @@ def keras_like_refiner(src: str | Path, dst: str | Path) -> Path:
     return Path(dst)
 
 
-def heatmap_follower_refiner(dst: str | Path, size: int = 1024, centre: float = 0.5, gain: float = 12.0) -> Path:
+def heatmap_follower_refiner(dst: str | Path, size: int = 1024, centre: float = 0.5, gain: float = 12.0, *,  # noqa: PLR0913
+                             names: tuple[str, str] = ("input_1", "input_2"), heatmap_first: bool = False) -> Path:
     """A published-style refiner (two NHWC inputs, image then heatmap; (N, S, S, 2) softmax) whose tumour
     logit is ``gain`` × (3×3 mean of the heatmap − ``centre``) − 0.5 × (mean RGB − 0.5): it follows the
     heatmap and, weakly, the image's darkness.
 
     Used against pyFAST: its mask is meaningful (unlike a random network's), and it depends on the
-    input order and on both inputs' resizing and normalisation.
+    input order and on both inputs' resizing and normalisation. ``names``: the (image, heatmap) inputs'
+    names; ``heatmap_first``: declare the heatmap input first in the graph.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -110,8 +112,8 @@ def heatmap_follower_refiner(dst: str | Path, size: int = 1024, centre: float = 
              numpy_helper.from_array(bias, "hf_bias"), numpy_helper.from_array(np.zeros((1,), np.float32), "hf_zero"),
              numpy_helper.from_array(np.array([centre], np.float32), "hf_centre")]
     nodes = [
-        helper.make_node("Transpose", ["input_1"], ["img"], perm=[0, 3, 1, 2]),
-        helper.make_node("Transpose", ["input_2"], ["heat_raw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Transpose", [names[0]], ["img"], perm=[0, 3, 1, 2]),
+        helper.make_node("Transpose", [names[1]], ["heat_raw"], perm=[0, 3, 1, 2]),
         helper.make_node("Sub", ["heat_raw", "hf_centre"], ["heat"]),
         helper.make_node("Conv", ["heat", "hf_w_heat", "hf_bias"], ["h"], pads=[1, 1, 1, 1]),
         helper.make_node("Conv", ["img", "hf_w_img"], ["i"]),
@@ -121,9 +123,9 @@ def heatmap_follower_refiner(dst: str | Path, size: int = 1024, centre: float = 
         helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
         helper.make_node("Transpose", ["probs"], ["conv2d_final"], perm=[0, 2, 3, 1]),
     ]
-    graph = helper.make_graph(nodes, "heatmap_follower", [
-        helper.make_tensor_value_info("input_1", TensorProto.FLOAT, [1, size, size, 3]),
-        helper.make_tensor_value_info("input_2", TensorProto.FLOAT, [1, size, size, 1])],
+    inputs = [helper.make_tensor_value_info(names[0], TensorProto.FLOAT, [1, size, size, 3]),
+              helper.make_tensor_value_info(names[1], TensorProto.FLOAT, [1, size, size, 1])]
+    graph = helper.make_graph(nodes, "heatmap_follower", inputs[::-1] if heatmap_first else inputs,
         [helper.make_tensor_value_info("conv2d_final", TensorProto.FLOAT, [1, size, size, 2])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8

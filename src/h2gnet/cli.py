@@ -415,6 +415,8 @@ def _cmd_compare_fast(args: argparse.Namespace) -> int:
             fpl_text = Path(args.fpl).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise H2GNetError(args.fpl, f"cannot read the pipeline text ({exc})") from None
+    for kind in ("patch-classifier", "refiner"):  # the preset's files exist: a one-line error before any slide
+        preset_model(args.preset, kind, args.models_dir)
     slides = expand_inputs(args.inputs)
     check_writable(args.output)
     results, failures = [], 0
@@ -433,8 +435,9 @@ def _cmd_compare_fast(args: argparse.Namespace) -> int:
                  "FAST only": r.patches_fast_only,
                  "max diff": "-" if r.heatmap_max_difference is None else f"{r.heatmap_max_difference:.4f}",
                  "p95 diff": "-" if r.heatmap_p95_difference is None else f"{r.heatmap_p95_difference:.4f}",
-                 "Dice": f"{r.dice:.3f}", "tumour h2gnet/FAST": f"{r.tumour_fraction_h2gnet:.1%} / "
-                                                              f"{r.tumour_fraction_fast:.1%}",
+                 "Dice": "-" if r.dice is None else f"{r.dice:.3f}",
+                 "tumour h2gnet/FAST": f"{r.tumour_fraction_h2gnet:.1%} / " + (
+                     "-" if r.tumour_fraction_fast is None else f"{r.tumour_fraction_fast:.1%}"),
                  "verdict": r.verdict} for r in results]
         if rows:
             print(format_rows(rows))

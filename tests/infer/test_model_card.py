@@ -42,9 +42,11 @@ def test_preset_holds_the_published_conventions() -> None:
     assert (patch.input_size, patch.mpp, patch.layout, patch.output, patch.tumour_class) == (256, 1.0, "auto",
                                                                                             "softmax", 1)
     assert patch.scale == pytest.approx(1 / 255) and patch.mean is None and patch.unclassified_value == 0.0
-    assert patch.tissue == TissueRule("rgb-distance", 85, 9, 9, 0.5, True)
-    assert (refiner.refiner_inputs, refiner.input_size, refiner.image_source, refiner.image_normalisation,
-            refiner.resize, refiner.threshold) == ("separate", 1024, "smallest-level", "minmax", "stretch", 0.5)
+    # FAST 4.18's rules (see tests/fast/test_fast_rules.py): >= 50 % tissue as FAST's resized mask estimates it
+    assert patch.tissue == TissueRule("rgb-distance", 85, 9, 9, 0.5, True, "fast-resize")
+    assert (refiner.refiner_inputs, refiner.input_order, refiner.input_size, refiner.image_source,
+            refiner.image_normalisation, refiner.resize, refiner.threshold) == (
+        "separate", "alphabetical", 1024, "smallest-level", "minmax", "stretch", 0.5)
     assert preset.files == {"patch-classifier": "pw_tumour_mobilenetv2_model.onnx",
                             "refiner": "unet_tumour_refinement_model_fix-opset9.onnx"}
     assert preset.datahub["model_item"] == "breast-tumour-segmentation-model"
@@ -68,6 +70,8 @@ def test_preset_holds_the_published_conventions() -> None:
     (lambda d: d.pop("spacing_um_px"), "'spacing_um_px'"),
     (lambda d: d["tissue"].update(min_fraction=1.5), "'tissue.min_fraction'"),
     (lambda d: d["tissue"].update(method="otsu"), "'tissue.method'"),
+    (lambda d: d["tissue"].update(fraction="centre"), "'tissue.fraction'"),
+    (lambda d: d["input"].update(order="graph"), "'input.order'"),
     (lambda d: d["transform"].append({"name": "Resize", "arguments": {}}), "'transform[1].name'"),
     (lambda d: d["transform"][0]["arguments"].update(offset=1), "'transform[0].arguments.offset'"),
     (lambda d: d.update(tumour_class=2), "'tumour_class'"),

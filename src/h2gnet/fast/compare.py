@@ -22,15 +22,16 @@ from pathlib import Path
 import numpy as np
 
 from h2gnet.conventions import EVAL_MPP
+from h2gnet.errors import H2GNetError
 from h2gnet.evaluation.predictions import load_mask_tiff
 from h2gnet.fast.fpl import FAST_UM_AT_1X
 from h2gnet.fast.published import published_header, published_pipeline
-from h2gnet.fast.runner import FastRun, mask_dice, run_fast_pipeline, segmentation_raster
-from h2gnet.infer.heatmap import load_heatmap
-from h2gnet.infer.model_card import load_preset, preset_model
+from h2gnet.fast.runner import mask_dice, run_fast_pipeline, segmentation_raster
+from h2gnet.infer.heatmap import FAST_MIN_PX_PER_PATCH, load_heatmap
+from h2gnet.infer.model_card import preset_model
 from h2gnet.infer.segment import Models, SegmentConfig, segment_slide
 from h2gnet.io.atomic import write_text
-from h2gnet.io.slides import open_slide
+from h2gnet.io.slides import Slide, open_slide
 
 #: Acceptance: share of classified positions both classified, largest probability difference, mask Dice.
 MIN_AGREEMENT, MAX_DIFFERENCE, MIN_DICE = 0.99, 0.02, 0.98
@@ -46,7 +47,12 @@ KNOWN_DIFFERENCES = {
     "no-magnification": "the file declares no objective power, where FAST 4.18 stops ('Unable to generate "
                         "patches'); compare-fast gave FAST the magnification 10 / level-0 µm/px",
     "tiny-smallest-level": "the pyramid's smallest level gives under 2 px per patch (DICOM pyramids reach 1x1 px), "
-                           "where FAST's tissue detection sees almost nothing; h2gnet finds tissue on a finer level",
+                           "where FAST's tissue detection sees almost nothing or fails; h2gnet finds tissue on a "
+                           "finer level",
+    "red-channel-normalisation": "FAST 4.18 min/max-normalises the refiner's image by the red channel's extremes "
+                                 "alone on slides read by OpenSlide (its GPU min/max kernel reads one channel); "
+                                 "h2gnet uses all three channels, as FAST documents and computes for images in "
+                                 "memory ('minmax-red' in a card reproduces FAST)",
 }
 
 
@@ -55,22 +61,24 @@ class Comparison:
     """One slide, FAST's published pipeline against h2gnet's preset (see the module docstring)."""
 
     slide: str
-    patches_both: int
-    patches_h2gnet_only: int
-    patches_fast_only: int
-    agreement: float
-    heatmap_max_difference: float | None
-    heatmap_p95_difference: float | None
-    dice: float
-    tumour_fraction_h2gnet: float
-    tumour_fraction_fast: float
-    h2gnet_seconds: float
-    fast_seconds: float
-    fast_patch_level: int
-    fast_resampling_factor: float
-    fast_segmentation_spacing_um: list[float]
     verdict: str
     notes: list[str] = field(default_factory=list)
+    h2gnet_seconds: float = 0.0
+    tumour_fraction_h2gnet: float = 0.0
+    patches_h2gnet: int = 0
+    fast_error: str | None = None
+    patches_both: int = 0
+    patches_h2gnet_only: int = 0
+    patches_fast_only: int = 0
+    agreement: float = 0.0
+    heatmap_max_difference: float | None = None
+    heatmap_p95_difference: float | None = None
+    dice: float | None = None
+    tumour_fraction_fast: float | None = None
+    fast_seconds: float | None = None
+    fast_patch_level: int | None = None
+    fast_resampling_factor: float | None = None
+    fast_segmentation_spacing_um: list[float] | None = None
 
     def summary(self) -> dict:
         """JSON-ready fields, with the notes spelled out."""
@@ -89,20 +97,22 @@ def _on_grid(values: np.ndarray, cell_um: float, shape: tuple[int, int], grid_um
     return values[rows][:, cols]
 
 
-def _notes(fast: FastRun, slide_mpp: float, patch_mpp: float, cell_um: float) -> list[str]:
+def _slide_notes(slide: Slide, cell_um: float, normalisation: str) -> list[str]:
+    """Known differences that the slide alone decides (FAST's run may add more, :func:`_fast_notes`)."""
     notes = []
-    if fast.patch_source.get("truncated_scale_bug"):
-        notes.append("truncated-level-scale")
-    if fast.magnification_source == "um/px":
+    power = slide.properties.get("openslide.objective-power")
+    try:
+        magnification = float(power) if power is not None else None
+    except ValueError:
+        magnification = None
+    if magnification is None:
         notes.append("no-magnification")
-    elif fast.magnification * slide_mpp > 0 and \
-            not math.isclose(FAST_UM_AT_1X / fast.magnification, slide_mpp, rel_tol=0.02):
+    elif not math.isclose(FAST_UM_AT_1X / magnification, slide.mpp, rel_tol=0.02):
         notes.append("magnification-not-resolution")
-    w0 = fast.dimensions_l0[0]
-    smallest = fast.levels[-1][0]
-    if cell_um / (slide_mpp * w0 / max(1, smallest)) < 2:
+    if cell_um / slide.levels[-1].mpp < FAST_MIN_PX_PER_PATCH:
         notes.append("tiny-smallest-level")
-    del patch_mpp
+    if normalisation == "minmax":
+        notes.append("red-channel-normalisation")
     return notes
 
 
@@ -135,41 +145,52 @@ def compare_slide(slide_path: str | Path, out_dir: str | Path, *, preset: str = 
     slide_path, out = Path(slide_path), Path(out_dir)
     patch_model = preset_model(preset, "patch-classifier", models_dir)
     refine_model = preset_model(preset, "refiner", models_dir)
-    card = load_preset(preset).cards["patch-classifier"]
-    fpl = published_pipeline(patch_model, refine_model, out / "pipeline" / "breast_tumour_segmentation.fpl",
-                             text=fpl_text)
-    fast = run_fast_pipeline(fpl, slide_path, out / "fast", mpp=mpp, fast_home=out / "fast" / "home",
-                             timeout=timeout, header=published_header(card))
     cfg = SegmentConfig(patch_model=patch_model, refine_model=refine_model, preset=preset, threads=threads,
                         progress=False)
-    with open_slide(slide_path, mpp) as slide:
-        summary = segment_slide(slide, out / "h2gnet", Models.load(cfg), cfg)
-        extent = slide.dimensions
-        slide_mpp = slide.mpp
-    name = slide_path.stem
+    models = Models.load(cfg)  # the preset's cards, or a NAME.card.json beside a file (it takes precedence)
+    assert models.patch is not None and models.refine is not None and models.refine.card is not None
+    with open_slide(slide_path, mpp) as slide:  # h2gnet first: a slide h2gnet refuses is not given to FAST
+        summary = segment_slide(slide, out / "h2gnet", models, cfg)
+        extent, slide_mpp = slide.dimensions, slide.mpp
+        notes = _slide_notes(slide, models.patch.input_size * models.patch.mpp, models.refine.card.image_normalisation)
     heat, _ = load_heatmap(out / "h2gnet" / summary["outputs"]["heatmap"])
+    mask = load_mask_tiff(out / "h2gnet" / summary["outputs"]["mask"], slide_mpp)
+    result = Comparison(slide=str(slide_path), verdict="", notes=notes,
+                        h2gnet_seconds=float(summary["seconds"]["total"]),
+                        tumour_fraction_h2gnet=round(float(mask.to_mpp(EVAL_MPP, extent).array.mean()), 4),
+                        patches_h2gnet=int(np.count_nonzero(heat.array > 0)))
+    fpl = published_pipeline(patch_model, refine_model, out / "pipeline" / "breast_tumour_segmentation.fpl",
+                             text=fpl_text)
+    try:
+        fast = run_fast_pipeline(fpl, slide_path, out / "fast", mpp=mpp, fast_home=out / "fast" / "home",
+                                 timeout=timeout, header=published_header(models.patch.card))
+    except H2GNetError as exc:  # FAST's failure is a finding about FAST, not the end of the comparison
+        result.fast_error = exc.problem
+        result.verdict = "FAST failed" + (f": known FAST 4.18 fault(s) on this slide: {', '.join(notes)}"
+                                          if set(notes) - {"red-channel-normalisation"} else f": {exc.problem}")
+        write_text(out / f"{slide_path.stem}.compare.json", json.dumps(result.summary(), indent=2))
+        return result
+    if fast.patch_source.get("truncated_scale_bug"):
+        result.notes.insert(0, "truncated-level-scale")
     ours = heat.array
     theirs = _on_grid(fast.heatmap, float(fast.heatmap_cell_um or heat.mpp), ours.shape, heat.mpp)
     a, b = ours > 0, theirs > 0
     both = a & b
     union = int(np.count_nonzero(a | b))
     diff = np.abs(ours[both] - theirs[both])
-    mask = load_mask_tiff(out / "h2gnet" / summary["outputs"]["mask"], slide_mpp)
     fast_mask = segmentation_raster(fast, EVAL_MPP)
     dice = mask_dice(fast_mask, mask, extent)
-    notes = _notes(fast, slide_mpp, float(card.mpp or 1.0), heat.mpp)
     agreement = int(both.sum()) / union if union else 1.0
     max_diff = float(diff.max()) if diff.size else None
-    result = Comparison(
-        slide=str(slide_path), patches_both=int(both.sum()), patches_h2gnet_only=int((a & ~b).sum()),
-        patches_fast_only=int((~a & b).sum()), agreement=round(agreement, 4),
-        heatmap_max_difference=max_diff, heatmap_p95_difference=float(np.percentile(diff, 95)) if diff.size else None,
-        dice=round(dice, 4), tumour_fraction_h2gnet=round(float(mask.to_mpp(EVAL_MPP, extent).array.mean()), 4),
-        tumour_fraction_fast=round(float(fast_mask.array.mean()), 4),
-        h2gnet_seconds=float(summary["seconds"]["total"]), fast_seconds=round(fast.seconds, 3),
-        fast_patch_level=int(fast.patch_source.get("level", 0)),
-        fast_resampling_factor=float(fast.patch_source.get("resampling_factor", 1.0)),
-        fast_segmentation_spacing_um=[round(float(v), 4) for v in fast.segmentation_spacing_um],
-        verdict=_verdict(agreement, max_diff, dice, notes), notes=notes)
-    write_text(out / f"{name}.compare.json", json.dumps(result.summary(), indent=2))
+    result.patches_both, result.patches_h2gnet_only = int(both.sum()), int((a & ~b).sum())
+    result.patches_fast_only, result.agreement = int((~a & b).sum()), round(agreement, 4)
+    result.heatmap_max_difference = max_diff
+    result.heatmap_p95_difference = float(np.percentile(diff, 95)) if diff.size else None
+    result.dice, result.tumour_fraction_fast = round(dice, 4), round(float(fast_mask.array.mean()), 4)
+    result.fast_seconds = round(fast.seconds, 3)
+    result.fast_patch_level = int(fast.patch_source.get("level", 0))
+    result.fast_resampling_factor = float(fast.patch_source.get("resampling_factor", 1.0))
+    result.fast_segmentation_spacing_um = [round(float(v), 4) for v in fast.segmentation_spacing_um]
+    result.verdict = _verdict(agreement, max_diff, dice, result.notes)
+    write_text(out / f"{slide_path.stem}.compare.json", json.dumps(result.summary(), indent=2))
     return result

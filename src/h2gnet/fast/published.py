@@ -1,14 +1,16 @@
 """The published H2G-Net FAST pipeline (``breast_tumour_segmentation.fpl``) with other model files.
 
-The text in ``pipelines/breast_tumour_segmentation.fpl`` is written as FAST's published
-pipeline (data-hub item ``breast-tumour-segmentation``): FAST's default colour-threshold tissue
-detection, 256-px patches at 10× kept at ≥ 50 % tissue, the classifier fed uint8 RGB × 1/255,
-patch stitching, the tumour channel as an image, the lowest pyramid level min/max-normalised by
-``IntensityNormalization``, and the refiner with two inputs, image then heatmap. It could not be
-downloaded on the machines this was written on: it follows the conventions the issue and the
-H2G-Net/FAST sources describe, and only its two model paths are ever changed
-(:func:`published_pipeline`). :func:`published_header` tells
-:func:`h2gnet.fast.runner.run_fast_pipeline` how to read its results.
+``pipelines/breast_tumour_segmentation.fpl`` is FastPathology's own published pipeline text, byte for
+byte (AICAN-Research/FAST-Pathology commit 1a142c1a, ``data/pipelines/``; BSD-2-Clause, see
+``pipelines/NOTICE-FastPathology.txt``): FAST's colour-threshold tissue detection, 256-px patches at 10×
+(``PatchGenerator``'s default mask threshold 0.5), the classifier fed uint8 RGB × 1/255, patch stitching,
+the tumour channel as an image, the lowest pyramid level min/max-normalised by ``IntensityNormalization``,
+the refiner (OpenVINO engine) with two inputs, and two renderers for FastPathology's window.
+:func:`published_pipeline` changes only its two model paths, and drops the renderers for a headless
+run (pyFAST refuses to parse them without a display). :func:`published_header` tells
+:func:`h2gnet.fast.runner.run_fast_pipeline` how to read its results. How the ``h2gnet-2022`` preset
+follows the rules FAST 4.18 applies to this text, and where it deliberately does not, is in
+``docs/guide/compare-fast.md``.
 """
 
 from __future__ import annotations

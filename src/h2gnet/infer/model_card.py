@@ -42,7 +42,9 @@ of ``{"name", "arguments"}`` steps). Unknown keys are errors naming the file and
     refiner             {"input_size_pixels" (default: the graph's),
                          "image_source": "h2gnet" (smallest level >= size, read at most 2x size)
                                          | "smallest-level" (the pyramid's lowest level, FAST),
-                         "image_normalisation": "fixed" (x/255) | "minmax" (per image, FAST),
+                         "image_normalisation": "fixed" (x/255) | "minmax" (per image, over all
+                                                channels) | "minmax-red" (min and max of the red
+                                                channel only: FAST 4.18 on slides read by OpenSlide),
                          "resize": "stretch" (aspect not kept, FAST) | "keep-aspect" (padded),
                          "threshold": tumour probability threshold (default 0.5)}
     licence, source     free text kept in the outputs' JSON
@@ -69,6 +71,8 @@ HSV_RULE = "hsv-saturation"
 RGB_DISTANCE_RULE = "rgb-distance"
 #: How a patch's tissue fraction is measured (``tissue.fraction``).
 FRACTIONS = ("area", "fast-resize")
+#: How a refiner's low-resolution image is scaled to [0, 1] (``refiner.image_normalisation``).
+NORMALISATIONS = ("fixed", "minmax", "minmax-red")
 #: Which of a refiner's separate inputs is the image (``input.order``).
 INPUT_ORDERS = ("channels", "alphabetical")
 
@@ -187,8 +191,9 @@ class ModelCard:
                                               "(required for patch classifiers; 10x = 1.0)")
         if self.image_source not in ("h2gnet", "smallest-level"):
             raise _fail(src, "refiner.image_source", f"{self.image_source!r} is not 'h2gnet' or 'smallest-level'")
-        if self.image_normalisation not in ("fixed", "minmax"):
-            raise _fail(src, "refiner.image_normalisation", f"{self.image_normalisation!r} is not 'fixed' or 'minmax'")
+        if self.image_normalisation not in NORMALISATIONS:
+            raise _fail(src, "refiner.image_normalisation", f"{self.image_normalisation!r} is not one of "
+                                                            f"{', '.join(NORMALISATIONS)}")
         if self.resize not in ("stretch", "keep-aspect"):
             raise _fail(src, "refiner.resize", f"{self.resize!r} is not 'stretch' or 'keep-aspect'")
         if not 0 < self.threshold < 1:

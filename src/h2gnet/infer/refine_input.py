@@ -76,12 +76,16 @@ def network_input(low: LowRes, heatmap: Raster | None, size: int = REFINE_SIZE, 
     """(C, size, size) float32: RGB, plus the heatmap channel when given (C = 4, else 3 for UNet-LR).
 
     ``normalisation`` "fixed": RGB / 255; "minmax": (RGB − min) / (max − min) over the whole
-    low-resolution image (FAST's ``IntensityNormalization``). ``resize``: "stretch" (aspect not kept)
+    low-resolution image, all channels (FAST's ``IntensityNormalization`` as documented, and as FAST computes
+    it for images in host memory); "minmax-red": min and max of the red channel only, applied to all three
+    (what FAST 4.18 computes for a slide read by OpenSlide: its GPU min/max kernel reads the first channel
+    only, so green and blue can leave [0, 1]). ``resize``: "stretch" (aspect not kept)
     or "keep-aspect" (see :func:`_fit`); the heatmap is resized the same way.
     """
     img = low.image.astype(np.float32)
-    if normalisation == "minmax":
-        lo, hi = float(img.min()), float(img.max())
+    if normalisation in ("minmax", "minmax-red"):
+        ref = img[..., 0] if normalisation == "minmax-red" else img
+        lo, hi = float(ref.min()), float(ref.max())
         img = (img - lo) / np.float32(hi - lo) if hi > lo else np.zeros_like(img)
     else:
         img = img / np.float32(255)
