@@ -123,7 +123,7 @@ def fast_cell_fractions(mask: Raster, grid: PatchGrid) -> np.ndarray:
     spreads tissue into cells that hold little of it.
     """
     rows, cols = grid.shape
-    a = mask.array.astype(np.float32)
+    a: np.ndarray = mask.array.astype(np.float32)
     h, w = a.shape
     if cols < w or rows < h:
         sx, sy = max((w / cols - 1.0) / 2.0, 1e-6), max((h / rows - 1.0) / 2.0, 1e-6)
