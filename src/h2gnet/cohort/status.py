@@ -17,7 +17,7 @@ def read_status(path: str | Path) -> dict[str, dict[str, str]]:
     """The rows of a status table (slide as given -> its row), read only; a later row of the same slide wins.
 
     >>> rows = read_status("results/status.csv")  # doctest: +SKIP
-    >>> rows["slides/a.svs"]["status"]  # doctest: +SKIP
+    >>> rows["slides/a.svs"].get("status")  # doctest: +SKIP
     'done'
 
     An unreadable or malformed table is an :class:`H2GNetError` naming the file, its problem the reason.
