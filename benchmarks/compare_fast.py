@@ -99,14 +99,7 @@ def main() -> int:
             r = compare_slide(slide, args.cache / "runs" / (normalisation or "preset") / name, models_dir=models,
                               timeout=args.timeout)
             results[name] = r.summary()
-            rows.append({"slide": name, "both": r.patches_both, "h2gnet only": r.patches_h2gnet_only,
-                         "FAST only": r.patches_fast_only,
-                         "max diff": "-" if r.heatmap_max_difference is None else f"{r.heatmap_max_difference:.4f}",
-                         "p95": "-" if r.heatmap_p95_difference is None else f"{r.heatmap_p95_difference:.4f}",
-                         "Dice": "-" if r.dice is None else f"{r.dice:.3f}",
-                         "tumour h2gnet / FAST": f"{r.tumour_fraction_h2gnet:.1%} / " + (
-                             "-" if r.tumour_fraction_fast is None else f"{r.tumour_fraction_fast:.1%}"),
-                         "verdict": r.verdict.split(":")[0], "notes": ", ".join(r.notes)})
+            rows.append({**r.row(), "slide": name})
         print(f"\n{setting}\n{format_rows(rows)}")
         everything[setting] = results
     print(json.dumps(everything))

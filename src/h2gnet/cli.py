@@ -403,7 +403,7 @@ def _add_export_fast(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_compare_fast(args: argparse.Namespace) -> int:
-    from h2gnet.fast.compare import compare_slide
+    from h2gnet.fast.compare import KNOWN_DIFFERENCES, compare_slide
     from h2gnet.fast.runner import fast_available
 
     if not fast_available():
@@ -431,16 +431,14 @@ def _cmd_compare_fast(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.summary() for r in results], indent=2))
     else:
-        rows = [{"slide": Path(r.slide).name, "both": r.patches_both, "h2gnet only": r.patches_h2gnet_only,
-                 "FAST only": r.patches_fast_only,
-                 "max diff": "-" if r.heatmap_max_difference is None else f"{r.heatmap_max_difference:.4f}",
-                 "p95 diff": "-" if r.heatmap_p95_difference is None else f"{r.heatmap_p95_difference:.4f}",
-                 "Dice": "-" if r.dice is None else f"{r.dice:.3f}",
-                 "tumour h2gnet/FAST": f"{r.tumour_fraction_h2gnet:.1%} / " + (
-                     "-" if r.tumour_fraction_fast is None else f"{r.tumour_fraction_fast:.1%}"),
-                 "verdict": r.verdict} for r in results]
+        rows = [r.row() for r in results]
         if rows:
             print(format_rows(rows))
+        for r in results:  # the reasons, and what each known FAST fault is, under the table
+            if r.verdict != "agree":
+                print(f"{Path(r.slide).name}: {r.verdict}")
+        for key in sorted({k for r in results for k in r.notes}):
+            print(f"  {key}: {KNOWN_DIFFERENCES[key]}")
     if failures:
         return 1
     return 0 if all(r.verdict == "agree" for r in results) else 3

@@ -86,6 +86,20 @@ class Comparison:
         out["notes"] = {k: KNOWN_DIFFERENCES[k] for k in self.notes}
         return out
 
+    def row(self) -> dict[str, str]:
+        """One line of the printed table (the verdict without its reasons; the notes by key)."""
+
+        def number(value: float | None, fmt: str) -> str:
+            return "-" if value is None else format(value, fmt)
+
+        return {"slide": Path(self.slide).name, "both": str(self.patches_both),
+                "h2gnet only": str(self.patches_h2gnet_only), "FAST only": str(self.patches_fast_only),
+                "max diff": number(self.heatmap_max_difference, ".4f"),
+                "p95 diff": number(self.heatmap_p95_difference, ".4f"), "Dice": number(self.dice, ".3f"),
+                "tumour h2gnet / FAST": f"{self.tumour_fraction_h2gnet:.1%} / "
+                                        f"{number(self.tumour_fraction_fast, '.1%')}",
+                "verdict": self.verdict.split(" (")[0].split(":")[0], "notes": ", ".join(self.notes)}
+
 
 def _on_grid(values: np.ndarray, cell_um: float, shape: tuple[int, int], grid_um: float) -> np.ndarray:
     """A per-patch array (one value per ``cell_um`` µm cell, origin at the slide's corner) on a grid of
