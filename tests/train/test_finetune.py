@@ -196,3 +196,27 @@ def test_freezer_keeps_the_backbone_still_for_n_steps() -> None:
     assert not torch.equal(model[0].weight, first)  # trained from step 2 on
     with pytest.raises(H2GNetError, match="backbone cannot be told"):
         Freezer(model, [], steps=1)
+
+
+def test_h2gnet_refiner_run_folder_starts_from_its_best_checkpoint(tmp_path: Path) -> None:
+    from h2gnet.train.config import RefineTrainConfig
+    from h2gnet.train.export import export_refiner_onnx
+    from h2gnet.train.models import build_refiner, calibrate_batchnorm
+    from h2gnet.train.run_state import BEST_CHECKPOINT, TrainingRun, save_checkpoint
+
+    torch.manual_seed(0)
+    unet = build_refiner("agunet", filters=(4, 8, 8, 16))
+    calibrate_batchnorm(unet, [torch.rand(2, 4, 64, 64) for _ in range(2)])
+    run = TrainingRun(tmp_path / "run", RefineTrainConfig(manifest="m.csv", heatmaps=None, arch="agunet",
+                                                          input_size=64, filters=(4, 8, 8, 16)))
+    run.begin()
+    save_checkpoint(run.dir / BEST_CHECKPOINT, {"model": unet.state_dict(), "epoch": 1})
+    export_refiner_onnx(unet.eval(), run.dir / "model.onnx", 64)
+    for spec in (run.dir, run.dir / "model.onnx"):  # the folder, or its model.onnx
+        init = load_init(str(spec), "refiner")
+        assert init.how == "h2gnet checkpoint" and init.arch == "agunet" and init.filters == (4, 8, 8, 16)
+        assert init.backbone and all(".encoder." in f".{n}" for n in init.backbone)
+        assert _same_outputs(run.dir / "model.onnx", init.export(init.model.eval(), tmp_path / "e.onnx"),
+                             "refiner") <= TOLERANCE
+    with pytest.raises(H2GNetError, match="is 'refiner', expected a patch-classifier"):
+        load_init(str(run.dir), "patch-classifier")
