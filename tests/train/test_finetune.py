@@ -90,7 +90,7 @@ def test_h2gnet_run_fine_tunes_resumes_and_exports(mini_cohort: Path, patch_run:
         train_patch_classifier(run, _patch_cfg(mini_cohort, init=str(patch_run), freeze_backbone_steps=1))
     plan = capsys.readouterr().err
     assert "trains the head (" in plan and "for the first 1 optimizer steps, then all" in plan
-    assert f"from {patch_run} (h2gnet checkpoint)" in plan and "at lr 1e-05" in plan  # a tenth of 1e-4
+    assert f"from {patch_run} (h2gnet checkpoint) at lr 1e-05 (the --init default: a tenth of 0.0001)" in plan
     config = json.loads((run / "config.json").read_text())
     assert config["lr"] == pytest.approx(1e-5) and config["init"] == str(patch_run)
     with pytest.warns(UserWarning, match="optimizer steps"):

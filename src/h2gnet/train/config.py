@@ -3,6 +3,7 @@ command line can build its options and check values without importing it)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from h2gnet.params import ParameterError, Rule, check_fields, param
@@ -41,6 +42,14 @@ def _freeze_rule() -> Rule:
 def _resolve_lr(cfg: PatchTrainConfig | RefineTrainConfig, default: float) -> None:
     if cfg.lr is None:
         cfg.lr = default * (FINETUNE_LR_FACTOR if cfg.init else 1.0)
+
+
+def describe_lr(cfg: PatchTrainConfig | RefineTrainConfig) -> str:
+    """The learning rate for the plan line, saying when it is the fine-tuning default."""
+    default = PATCH_LR if isinstance(cfg, PatchTrainConfig) else REFINE_LR
+    if cfg.init and math.isclose(cfg.lr, default * FINETUNE_LR_FACTOR):
+        return f"lr {cfg.lr:g} (the --init default: a tenth of {default:g})"
+    return f"lr {cfg.lr:g}"
 
 
 @dataclass

@@ -26,7 +26,7 @@ from h2gnet.io.manifest import read_manifest, select
 from h2gnet.patches.sampling import HierarchicalSampler, load_indexes
 from h2gnet.train.augment import augment_patch
 from h2gnet.train.clustering import load_image_cluster_assigner
-from h2gnet.train.config import PatchTrainConfig
+from h2gnet.train.config import PatchTrainConfig, describe_lr
 from h2gnet.train.dataset import patch_stream
 from h2gnet.train.distributed import (
     DistContext,
@@ -215,7 +215,7 @@ def _train(run: TrainingRun, cfg: PatchTrainConfig, ctx: DistContext) -> dict:
     epochs = plan.epochs
     if ctx.is_main:
         start = f"from {init.describe()}" if init is not None else f"from {cfg.weights or 'random weights'}"
-        print(f"train-patch {plan.describe('patches')}; trains {freezer.describe()} {start} at lr {cfg.lr:g}",
+        print(f"train-patch {plan.describe('patches')}; trains {freezer.describe()} {start} at {describe_lr(cfg)}",
               file=sys.stderr)
         plan.warn_if_short(f"raise --total-steps, --epochs {cfg.epochs} or --steps {cfg.steps} (batches per epoch)")
     seed = rank_seed(cfg.seed, ctx.rank)  # each rank its own part of the sampling stream

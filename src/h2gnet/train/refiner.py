@@ -32,7 +32,7 @@ from h2gnet.io.manifest import SlideEntry, read_manifest, select
 from h2gnet.io.slides import open_slide
 from h2gnet.params import ParameterError
 from h2gnet.train.augment import augment_refinement
-from h2gnet.train.config import RefineTrainConfig
+from h2gnet.train.config import RefineTrainConfig, describe_lr
 from h2gnet.train.distributed import (
     DistContext,
     all_sum,
@@ -280,7 +280,7 @@ def _train(run: TrainingRun, cfg: RefineTrainConfig, ctx: DistContext) -> dict:
     epochs = plan.epochs
     if ctx.is_main:
         start = f"from {init.describe()}" if init is not None else "from random weights"
-        print(f"train-refine {plan.describe('slides')}; trains {freezer.describe()} {start} at lr {cfg.lr:g}",
+        print(f"train-refine {plan.describe('slides')}; trains {freezer.describe()} {start} at {describe_lr(cfg)}",
               file=sys.stderr)
         plan.warn_if_short(f"give --total-steps (e.g. 1000; epochs follow), or lower --batch-size "
                            f"{cfg.batch_size} / --accumulation {cfg.accumulation}, or more training slides")
