@@ -392,7 +392,12 @@ def _check_match(net: nn.Module, onnx_model: OnnxModel, path: Path, seed: int = 
 
 def load_init(spec: str, kind: str, preset: str | None = None) -> InitModel:
     """The model ``--init SPEC`` names, in PyTorch, checked against its ONNX file; :class:`H2GNetError` naming
-    the file for a missing or wrong card, a model of another kind, or a graph that does not convert."""
+    the file for a missing or wrong card, a model of another kind, or a graph that does not convert.
+
+    >>> init = load_init("runs/mob", "patch-classifier")           # an h2gnet run folder
+    >>> init = load_init("h2gnet-2022", "refiner")                 # a fetched preset, converted by onnx2torch
+    >>> init.export(init.model.eval(), "before.onnx")              # the source's outputs (≤ 1e-4), its card beside
+    """
     source, onnx_path, preset = resolve(spec, kind, preset)
     onnx_model = OnnxModel(onnx_path, kind, threads=1, preset=preset)  # checks the kind, the card and the graph
     card = onnx_model.card
