@@ -220,3 +220,6 @@ def test_h2gnet_refiner_run_folder_starts_from_its_best_checkpoint(tmp_path: Pat
                              "refiner") <= TOLERANCE
     with pytest.raises(H2GNetError, match="is 'refiner', expected a patch-classifier"):
         load_init(str(run.dir), "patch-classifier")
+    with pytest.raises(H2GNetError, match="is where --init .* comes from"):
+        init.check_output(run.dir)
+    init.check_output(tmp_path / "elsewhere")

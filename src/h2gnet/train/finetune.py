@@ -81,6 +81,12 @@ class InitModel:
         """µm/px of a patch classifier's input (None for refiners)."""
         return None if self.card.mpp is None else float(self.card.mpp)
 
+    def check_output(self, run_dir: Path) -> None:
+        """Refuse to train into the folder the start comes from (its checkpoints would be replaced)."""
+        if self.onnx_path.resolve().parent == Path(run_dir).resolve():
+            raise H2GNetError(run_dir, f"is where --init {self.source} comes from; write the fine-tuned run to "
+                                       "another folder")
+
     def describe(self) -> str:
         """Where training starts, for the plan line."""
         return f"{self.source} ({self.how}{', card ' + self.card.origin if self.card_doc else ''})"

@@ -197,6 +197,7 @@ def _train(run: TrainingRun, cfg: PatchTrainConfig, ctx: DistContext) -> dict:
     patch_size, patch_mpp = train_s.indexes[0].patch_size, train_s.indexes[0].patch_mpp
     init = load_init(cfg.init, "patch-classifier", cfg.preset) if cfg.init else None  # errors before any work
     if init is not None:
+        init.check_output(run.dir)
         input_size = _check_init(init, cfg, patch_size, patch_mpp)
         model = init.model.to(memory_format=torch.channels_last)
         backbone = init.backbone

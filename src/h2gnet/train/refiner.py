@@ -253,6 +253,7 @@ def _train(run: TrainingRun, cfg: RefineTrainConfig, ctx: DistContext) -> dict:
     model: Any
     card: ModelCard | None
     if init is not None:
+        init.check_output(run.dir)
         if cfg.input_size is not None and cfg.input_size != init.input_size:
             raise ParameterError("input_size", f"the --init model takes {init.input_size} px (got "
                                                f"{cfg.input_size}); leave --input-size out")
