@@ -150,7 +150,8 @@ def test_published_standins_fine_tune_resume_and_keep_their_card(mini_cohort: Pa
 
 
 def test_wrong_or_missing_card_is_a_clear_error_before_training(mini_cohort: Path, tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+                                                                capsys: pytest.CaptureFixture[str],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     foreign = colour_classifier(tmp_path / "foreign.onnx", size=64)  # NHWC, softmax, no h2gnet metadata
     base = ["-q", "train-patch", str(mini_cohort / "manifest.csv"), "--index", str(mini_cohort / "index"),
             "--workers", "0"]
@@ -174,6 +175,8 @@ def test_wrong_or_missing_card_is_a_clear_error_before_training(mini_cohort: Pat
     (tmp_path / "foreign.card.json").write_text("{not json")
     assert "not valid JSON" in fails(str(foreign))
     assert "no such model or run folder" in fails(str(tmp_path / "missing.onnx"))
+    monkeypatch.setenv("H2GNET_MODELS", str(tmp_path / "models"))  # a preset's name: its fetched file
+    assert "h2gnet fetch-models h2gnet-2022" in fails("h2gnet-2022")
     shutil.copy(foreign, tmp_path / "foreign.txt")
     assert "not an ONNX model" in fails(str(tmp_path / "foreign.txt"))
 
