@@ -42,7 +42,7 @@ from h2gnet.train.export import export_classifier_onnx
 from h2gnet.train.finetune import Freezer, InitModel, load_init
 from h2gnet.train.losses import cwce_loss
 from h2gnet.train.models import build_classifier
-from h2gnet.train.plan import TrainingPlan, epochs_for, plan_run
+from h2gnet.train.plan import MIN_FINETUNE_STEPS, MIN_OPTIMIZER_STEPS, TrainingPlan, epochs_for, plan_run
 from h2gnet.train.run_state import TrainingRun, set_threads
 
 CLUSTER_META = "h2gnet_cluster.json"
@@ -218,7 +218,8 @@ def _train(run: TrainingRun, cfg: PatchTrainConfig, ctx: DistContext) -> dict:
         start = f"from {init.describe()}" if init is not None else f"from {cfg.weights or 'random weights'}"
         print(f"train-patch {plan.describe('patches')}; trains {freezer.describe()} {start} at {describe_lr(cfg)}",
               file=sys.stderr)
-        plan.warn_if_short(f"raise --total-steps, --epochs {cfg.epochs} or --steps {cfg.steps} (batches per epoch)")
+        plan.warn_if_short(f"raise --total-steps, --epochs {cfg.epochs} or --steps {cfg.steps} (batches per epoch)",
+                           MIN_FINETUNE_STEPS if init is not None else MIN_OPTIMIZER_STEPS)
     seed = rank_seed(cfg.seed, ctx.rank)  # each rank its own part of the sampling stream
     val_steps = split_steps(cfg.val_steps, ctx)
     total_steps = (epochs - progress.epoch) * (cfg.steps + val_steps)

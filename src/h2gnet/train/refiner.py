@@ -47,7 +47,7 @@ from h2gnet.train.export import export_refiner_onnx
 from h2gnet.train.finetune import Freezer, load_init
 from h2gnet.train.losses import dice_loss
 from h2gnet.train.models import build_refiner
-from h2gnet.train.plan import TrainingPlan, epochs_for, plan_run
+from h2gnet.train.plan import MIN_FINETUNE_STEPS, MIN_OPTIMIZER_STEPS, TrainingPlan, epochs_for, plan_run
 from h2gnet.train.run_state import TrainingRun, set_threads
 
 
@@ -284,7 +284,8 @@ def _train(run: TrainingRun, cfg: RefineTrainConfig, ctx: DistContext) -> dict:
         print(f"train-refine {plan.describe('slides')}; trains {freezer.describe()} {start} at {describe_lr(cfg)}",
               file=sys.stderr)
         plan.warn_if_short(f"give --total-steps (e.g. 1000; epochs follow), or lower --batch-size "
-                           f"{cfg.batch_size} / --accumulation {cfg.accumulation}, or more training slides")
+                           f"{cfg.batch_size} / --accumulation {cfg.accumulation}, or more training slides",
+                           MIN_FINETUNE_STEPS if init is not None else MIN_OPTIMIZER_STEPS)
     heats = _heats(chosen["val"], sets["val"], cfg)
     val_patchwise = patchwise_dice(heats, sets["val"]) if heats is not None else None
     net = wrap(model, ctx)
