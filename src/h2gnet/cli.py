@@ -119,9 +119,28 @@ def _patch_config(args: argparse.Namespace) -> PatchTrainConfig:
     return PatchTrainConfig(
         manifest=str(Path(args.manifest).resolve()), index_dir=str(Path(args.index).resolve()), arch=args.arch,
         weights=args.weights, epochs=args.epochs, steps=args.steps, val_steps=args.val_steps,
-        batch_size=args.batch_size, lr=args.lr, input_size=args.input_size,
+        batch_size=args.batch_size, lr=args.lr, input_size=args.input_size, total_steps=args.total_steps,
         clusters=str(Path(args.clusters).resolve()) if args.clusters else None, augment=not args.no_augment,
-        workers=args.workers, seed=args.seed, threads=args.threads, progress=not args.quiet)
+        workers=args.workers, seed=args.seed, threads=args.threads, progress=not args.quiet,
+        init=_init_arg(args.init), preset=args.preset, freeze_backbone_steps=args.freeze_backbone_steps)
+
+
+def _init_arg(init: str | None) -> str | None:
+    """``--init``: a path made absolute (the run folder's config.json must name the same model on resume), or a
+    preset's name as given."""
+    if init is None:
+        return None
+    return str(Path(init).resolve()) if Path(init).exists() or init not in preset_names() else init
+
+
+def _add_init_options(p: argparse.ArgumentParser, cls: type) -> None:
+    """``--init``, ``--preset`` and ``--freeze-backbone-steps``: fine-tuning a trained model."""
+    from h2gnet.train.config import INIT_HELP, PRESET_HELP
+
+    g = p.add_argument_group("fine-tuning a trained model (see docs/guide/fine-tune.md)")
+    g.add_argument("--init", default=None, metavar="MODEL", help=INIT_HELP)
+    g.add_argument("--preset", default=None, choices=preset_names(), help=PRESET_HELP)
+    add_param(g, cls, "freeze_backbone_steps")
 
 
 def _rank_zero() -> bool:
@@ -176,11 +195,12 @@ def _add_stage1(sub: argparse._SubParsersAction) -> None:
                    help="'imagenet' (torchvision download, online machines) or a local state-dict file; "
                         "default: random initialisation")
     p.add_argument("--clusters", type=Path, default=None, help="clustering folder (from `h2gnet cluster`): CWCE loss")
-    for name in ("epochs", "steps", "val_steps", "batch_size", "lr", "input_size"):
+    for name in ("epochs", "steps", "total_steps", "val_steps", "batch_size", "lr", "input_size"):
         add_param(p, PatchTrainConfig, name)
     p.add_argument("--no-augment", action="store_true")
     for name in ("workers", "threads", "seed"):
         add_param(p, PatchTrainConfig, name)
+    _add_init_options(p, PatchTrainConfig)
     p.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
     p.set_defaults(func=_cmd_train_patch)
 
@@ -257,8 +277,8 @@ def _cmd_train_refine(args: argparse.Namespace) -> int:
                             total_steps=args.total_steps, patience=args.patience,
                             batch_size=args.batch_size, accumulation=args.accumulation, lr=args.lr,
                             lr_schedule=args.lr_schedule, augment=not args.no_augment, seed=args.seed,
-                            threads=args.threads,
-                            progress=not args.quiet)
+                            threads=args.threads, progress=not args.quiet, init=_init_arg(args.init),
+                            preset=args.preset, freeze_backbone_steps=args.freeze_backbone_steps)
     metrics = train_refiner(args.output, cfg, overwrite=args.overwrite)
     if not _rank_zero():
         return 0
@@ -360,6 +380,7 @@ def _add_stage2(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-augment", action="store_true")
     add_param(p, RefineTrainConfig, "threads")
     add_param(p, RefineTrainConfig, "seed")
+    _add_init_options(p, RefineTrainConfig)
     p.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
     p.set_defaults(func=_cmd_train_refine)
 

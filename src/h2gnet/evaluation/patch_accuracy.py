@@ -45,7 +45,7 @@ def evaluate_patch_model(model_path: str | Path | OnnxModel, indexes: list[Patch
             chunk = pairs[start:start + batch_size]
             imgs = list(pool.map(lambda sp: reader.read(*sp), chunk))
             batch = np.stack(imgs).astype(np.float32).transpose(0, 3, 1, 2) / 255.0
-            probs[start:start + len(chunk)] = model(batch)[:, 1]
+            probs[start:start + len(chunk)] = model(batch)[:, model.tumour_channel]
             bar.update(len(chunk))
     pred = probs > 0.5
     recalls = {}

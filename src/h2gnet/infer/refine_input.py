@@ -95,11 +95,19 @@ def network_input(low: LowRes, heatmap: Raster | None, size: int = REFINE_SIZE, 
     return np.concatenate(channels, axis=0).astype(np.float32)
 
 
-def target_mask(low: LowRes, truth: Raster, size: int = REFINE_SIZE) -> np.ndarray:
-    """Ground truth resized to the network's ``size``×``size`` grid (uint8 0/1, nearest)."""
+def target_mask(low: LowRes, truth: Raster, size: int = REFINE_SIZE, resize: str = "stretch") -> np.ndarray:
+    """Ground truth resized to the network's ``size``×``size`` grid (uint8 0/1, nearest), the way
+    :func:`network_input` resizes the image (``resize`` "stretch" or "keep-aspect", zero-padded)."""
     rows, cols = low.image.shape[:2]
     on_grid = cv2.resize(truth.array.astype(np.uint8), (cols, rows), interpolation=cv2.INTER_NEAREST)
-    return cv2.resize(on_grid, (size, size), interpolation=cv2.INTER_NEAREST)
+    if resize == "stretch":
+        return cv2.resize(on_grid, (size, size), interpolation=cv2.INTER_NEAREST)
+    scale = size / max(rows, cols)
+    inner = cv2.resize(on_grid, (max(1, round(cols * scale)), max(1, round(rows * scale))),
+                       interpolation=cv2.INTER_NEAREST)
+    out = np.zeros((size, size), np.uint8)
+    out[: inner.shape[0], : inner.shape[1]] = inner
+    return out
 
 
 def probability_to_raster(prob: np.ndarray, low: LowRes, resize: str = "stretch", *,

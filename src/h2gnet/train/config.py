@@ -3,6 +3,7 @@ command line can build its options and check values without importing it)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from h2gnet.params import ParameterError, Rule, check_fields, param
@@ -15,6 +16,40 @@ REFINER_ARCHS = ("unet", "agunet", "dagunet", "doubleunet", "unet-lr")
 
 #: Smallest classifier input side (px): InceptionV3's stem needs 75, MobileNetV2 32.
 MIN_INPUT = {"mobilenetv2": 32, "inceptionv3": 75}
+#: Default learning rates (Adam) from scratch; with ``--init`` (fine-tuning) :data:`FINETUNE_LR_FACTOR` times them.
+PATCH_LR = 1e-4
+REFINE_LR = 1e-3
+FINETUNE_LR_FACTOR = 0.1
+#: The refiner's input side without ``--init`` (the paper's 1024 px).
+REFINE_INPUT_SIZE = 1024
+
+INIT_HELP = ("start from a trained model: an h2gnet run folder or .onnx file, a foreign .onnx with its "
+             "NAME.card.json beside it (or --preset), or a fetched preset's name (h2gnet-2022); its conventions "
+             "(input size, µm/px, scaling, layout, class order) are kept in the exported model")
+PRESET_HELP = "model-card preset for an --init model without a card beside it (e.g. h2gnet-2022)"
+
+
+def _lr_rule(default: float) -> Rule:
+    return Rule(float, low=0, high=1, low_open=True, optional=True,
+                help=f"Adam learning rate (default {default:g}; {default * FINETUNE_LR_FACTOR:g} with --init)")
+
+
+def _freeze_rule() -> Rule:
+    return Rule(int, low=0, help="with --init: train only the head (classifier) or the decoder (refiner) for "
+                                 "the first N optimizer steps, then every layer")
+
+
+def _resolve_lr(cfg: PatchTrainConfig | RefineTrainConfig, default: float) -> None:
+    if cfg.lr is None:
+        cfg.lr = default * (FINETUNE_LR_FACTOR if cfg.init else 1.0)
+
+
+def describe_lr(cfg: PatchTrainConfig | RefineTrainConfig) -> str:
+    """The learning rate for the plan line, saying when it is the fine-tuning default."""
+    default = PATCH_LR if isinstance(cfg, PatchTrainConfig) else REFINE_LR
+    if cfg.init and math.isclose(cfg.lr, default * FINETUNE_LR_FACTOR):
+        return f"lr {cfg.lr:g} (the --init default: a tenth of {default:g})"
+    return f"lr {cfg.lr:g}"
 
 
 @dataclass
@@ -30,10 +65,14 @@ class PatchTrainConfig:
     steps: int = param(500, Rule(int, low=1, help="training batches per epoch"))
     val_steps: int = param(200, Rule(int, low=1, help="validation batches per epoch"))
     batch_size: int = param(64, Rule(int, low=1, high=4096, help="patches per batch"))
-    lr: float = param(1e-4, Rule(float, low=0, high=1, low_open=True, help="Adam learning rate"))
+    lr: float = param(None, _lr_rule(PATCH_LR))  # None: the default, resolved in __post_init__
     input_size: int | None = param(None, Rule(int, low=32, high=2048, optional=True,
-                                              help="model input side in px (default: the index's patch size; "
-                                                   "smaller reads the same field of view at a coarser µm/px)"))
+                                              help="model input side in px (default: the index's patch size, or "
+                                                   "the --init model's; smaller reads the same field of view at "
+                                                   "a coarser µm/px)"))
+    total_steps: int | None = param(None, Rule(int, low=1, optional=True,
+                                               help="run length in optimizer steps (replaces --epochs: epochs = "
+                                                    "steps / --steps, rounded up)"))
     clusters: str | None = None
     stages: tuple[str, ...] = DEFAULT_STAGES
     augment: bool = param(True, Rule(bool))
@@ -43,9 +82,13 @@ class PatchTrainConfig:
     eval_per_class: int | None = param(200, Rule(int, low=1, optional=True,
                                                  help="test patches per class in the final evaluation"))
     progress: bool = param(True, Rule(bool))
+    init: str | None = None
+    preset: str | None = None
+    freeze_backbone_steps: int = param(0, _freeze_rule())
 
     def __post_init__(self) -> None:
         check_fields(self)
+        _resolve_lr(self, PATCH_LR)
         self.stages = tuple(self.stages)
         if self.input_size is not None and self.input_size < MIN_INPUT[self.arch]:
             raise ParameterError("input_size", f"{self.arch} needs an input of at least {MIN_INPUT[self.arch]} px "
@@ -63,7 +106,9 @@ class RefineTrainConfig:
     manifest: str
     heatmaps: str | None
     arch: str = param("unet", Rule(str, choices=REFINER_ARCHS))
-    input_size: int = param(1024, Rule(int, low=32, high=8192, help="network input side in px (paper: 1024)"))
+    input_size: int | None = param(None, Rule(int, low=32, high=8192, optional=True,
+                                              help=f"network input side in px (default: {REFINE_INPUT_SIZE} as "
+                                                   "the paper, or the --init model's)"))
     epochs: int = param(1000, Rule(int, low=1, help="at most this many epochs"))
     total_steps: int | None = param(None, Rule(int, low=1, optional=True,
                                                help="run length in optimizer steps (replaces --epochs: epochs = "
@@ -71,7 +116,7 @@ class RefineTrainConfig:
     patience: int = param(100, Rule(int, low=1, help="early-stopping patience in epochs"))
     batch_size: int = param(4, Rule(int, low=1, high=1024, help="slides per batch"))
     accumulation: int = param(6, Rule(int, low=1, high=1024, help="gradient-accumulation steps"))
-    lr: float = param(1e-3, Rule(float, low=0, high=1, low_open=True, help="Adam learning rate"))
+    lr: float = param(None, _lr_rule(REFINE_LR))  # None: the default, resolved in __post_init__
     lr_schedule: str = param("constant", Rule(str, choices=LR_SCHEDULES,
                                               help="learning rate over the planned epochs: constant (the paper) or "
                                                    "cosine (decays to 0 by the last epoch)"))
@@ -80,9 +125,15 @@ class RefineTrainConfig:
     seed: int = param(0, Rule(int, low=0, help="random seed"))
     threads: int | None = param(None, Rule(int, low=1, high=1024, optional=True, help="PyTorch threads"))
     progress: bool = param(True, Rule(bool))
+    init: str | None = None
+    preset: str | None = None
+    freeze_backbone_steps: int = param(0, _freeze_rule())
 
     def __post_init__(self) -> None:
         check_fields(self)
+        _resolve_lr(self, REFINE_LR)
+        if self.input_size is None and self.init is None:
+            self.input_size = REFINE_INPUT_SIZE
         if self.filters is not None:
             if not isinstance(self.filters, (list, tuple)) or not self.filters or not all(
                     isinstance(f, int) and not isinstance(f, bool) and f >= 1 for f in self.filters):

@@ -26,7 +26,7 @@ from h2gnet.io.manifest import read_manifest, select
 from h2gnet.patches.sampling import HierarchicalSampler, load_indexes
 from h2gnet.train.augment import augment_patch
 from h2gnet.train.clustering import load_image_cluster_assigner
-from h2gnet.train.config import PatchTrainConfig
+from h2gnet.train.config import PatchTrainConfig, describe_lr
 from h2gnet.train.dataset import patch_stream
 from h2gnet.train.distributed import (
     DistContext,
@@ -39,9 +39,10 @@ from h2gnet.train.distributed import (
     wrap,
 )
 from h2gnet.train.export import export_classifier_onnx
+from h2gnet.train.finetune import Freezer, InitModel, load_init
 from h2gnet.train.losses import cwce_loss
 from h2gnet.train.models import build_classifier
-from h2gnet.train.plan import TrainingPlan, plan_run
+from h2gnet.train.plan import MIN_FINETUNE_STEPS, MIN_OPTIMIZER_STEPS, TrainingPlan, epochs_for, plan_run
 from h2gnet.train.run_state import TrainingRun, set_threads
 
 CLUSTER_META = "h2gnet_cluster.json"
@@ -100,29 +101,35 @@ def _assign(assigner, size, x):
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               clusters: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+               clusters: torch.Tensor | None, before_step=None) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step on a batch (CE, or CWCE with ``clusters``); returns (loss, logits), detached.
-    Under DDP the gradients are averaged over the ranks: 2 ranks × batch 4 make the step of one batch of 8."""
+    Under DDP the gradients are averaged over the ranks: 2 ranks × batch 4 make the step of one batch of 8.
+    ``before_step``: called between the backward pass and the optimizer step (e.g. to freeze a backbone)."""
     logits = model(x)
     loss = _loss(logits, y, clusters)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if before_step is not None:
+        before_step()
     optimizer.step()
     return loss.detach(), logits.detach()
 
 
-def _run_epoch(model, loader, assigner, cluster_size, optimizer=None, bar=None, ctx: DistContext | None = None) -> dict:
-    """One pass over ``loader`` (training when ``optimizer``); loss and balanced accuracy over all ranks."""
+def _run_epoch(model, loader, assigner, cluster_size, optimizer=None, bar=None, ctx: DistContext | None = None,
+               freezer: tuple[Freezer, int] | None = None) -> dict:
+    """One pass over ``loader`` (training when ``optimizer``); loss and balanced accuracy over all ranks.
+    ``freezer``: (the run's :class:`Freezer`, the run's optimizer steps before this epoch)."""
     training = optimizer is not None
     model.train(training)
     total, n, correct = 0.0, 0, np.zeros((2, 2))
     t0 = time.perf_counter()
     with torch.set_grad_enabled(training):
-        for x, y, _, _ in loader:
+        for i, (x, y, _, _) in enumerate(loader):
             x = x.contiguous(memory_format=torch.channels_last)
             clusters = _assign(assigner, cluster_size, x)
             if training:
-                loss, logits = train_step(model, optimizer, x, y, clusters)
+                hook = None if freezer is None else (lambda step=freezer[1] + i: freezer[0].before_step(step))
+                loss, logits = train_step(model, optimizer, x, y, clusters, hook)
             else:
                 logits = model(x)
                 loss = _loss(logits, y, clusters)
@@ -146,8 +153,26 @@ def _run_epoch(model, loader, assigner, cluster_size, optimizer=None, bar=None, 
 
 def plan_patch_training(cfg: PatchTrainConfig, world_size: int = 1) -> TrainingPlan:
     """The run's plan: ``cfg.steps`` batches of ``cfg.batch_size`` patches per epoch and process, one
-    optimizer step each."""
-    return plan_run(cfg.steps * cfg.batch_size * world_size, cfg.batch_size, cfg.epochs, 1, world_size)
+    optimizer step each; ``cfg.total_steps`` sets the epochs if given."""
+    epochs = cfg.epochs if cfg.total_steps is None else epochs_for(cfg.total_steps, cfg.steps)
+    return plan_run(cfg.steps * cfg.batch_size * world_size, cfg.batch_size, epochs, 1, world_size)
+
+
+def _check_init(init: InitModel, cfg: PatchTrainConfig, patch_size: int, patch_mpp: float) -> int:
+    """The input size of a fine-tuned classifier (its card's); an error when the patches would be read at
+    another µm/px than the model was trained at."""
+    from h2gnet.params import ParameterError
+
+    size = init.input_size
+    if cfg.input_size is not None and cfg.input_size != size:
+        raise ParameterError("input_size", f"the --init model takes {size} px patches (got {cfg.input_size}); "
+                                           "leave --input-size out")
+    mpp = patch_mpp * patch_size / size
+    if init.mpp is not None and abs(mpp - init.mpp) > 0.01 * init.mpp:
+        raise H2GNetError(cfg.index_dir, f"patches of {patch_size} px at {patch_mpp:g} µm/px read as {size} px "
+                                         f"are {mpp:g} µm/px, but {init.source.name} takes {init.mpp:g} µm/px: "
+                                         f"index with `h2gnet patches --patch-mpp {init.mpp * size / patch_size:g}`")
+    return size
 
 
 def train_patch_classifier(run_dir: str | Path, cfg: PatchTrainConfig, *, overwrite: bool = False) -> dict:
@@ -170,8 +195,17 @@ def _train(run: TrainingRun, cfg: PatchTrainConfig, ctx: DistContext) -> dict:
     torch.manual_seed(cfg.seed)
     train_s, val_s, test_ix = _samplers(cfg)
     patch_size, patch_mpp = train_s.indexes[0].patch_size, train_s.indexes[0].patch_mpp
-    input_size = cfg.input_size or patch_size
-    model = build_classifier(cfg.arch, cfg.n_classes, cfg.weights).to(memory_format=torch.channels_last)
+    init = load_init(cfg.init, "patch-classifier", cfg.preset) if cfg.init else None  # errors before any work
+    if init is not None:
+        init.check_output(run.dir)
+        input_size = _check_init(init, cfg, patch_size, patch_mpp)
+        model = init.model.to(memory_format=torch.channels_last)
+        backbone = init.backbone
+    else:
+        input_size = cfg.input_size or patch_size
+        model = build_classifier(cfg.arch, cfg.n_classes, cfg.weights).to(memory_format=torch.channels_last)
+        backbone = [f"backbone.{n}" for n, _ in model.backbone.named_parameters()]
+    freezer = Freezer(model, backbone, cfg.freeze_backbone_steps)
     net = wrap(model, ctx)  # DDP on several ranks (rank 0's weights broadcast), the model itself on one
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     barrier(ctx)  # every rank has read the run folder before rank 0 writes it
@@ -179,18 +213,23 @@ def _train(run: TrainingRun, cfg: PatchTrainConfig, ctx: DistContext) -> dict:
     progress = run.resume(model, optimizer)  # every rank: the same checkpoint
     assigner, cluster_size = _cluster_assigner(cfg)
     plan = plan_patch_training(cfg, ctx.world_size)
+    epochs = plan.epochs
     if ctx.is_main:
-        print(f"train-patch {plan.describe('patches')}", file=sys.stderr)
-        plan.warn_if_short(f"raise --epochs {cfg.epochs} or --steps {cfg.steps} (batches per epoch)")
+        start = f"from {init.describe()}" if init is not None else f"from {cfg.weights or 'random weights'}"
+        print(f"train-patch {plan.describe('patches')}; trains {freezer.describe()} {start} at {describe_lr(cfg)}",
+              file=sys.stderr)
+        plan.warn_if_short(f"raise --total-steps, --epochs {cfg.epochs} or --steps {cfg.steps} (batches per epoch)",
+                           MIN_FINETUNE_STEPS if init is not None else MIN_OPTIMIZER_STEPS)
     seed = rank_seed(cfg.seed, ctx.rank)  # each rank its own part of the sampling stream
     val_steps = split_steps(cfg.val_steps, ctx)
-    total_steps = (cfg.epochs - progress.epoch) * (cfg.steps + val_steps)
+    total_steps = (epochs - progress.epoch) * (cfg.steps + val_steps)
     with tqdm(total=total_steps, desc="train-patch", unit="batch", disable=not (cfg.progress and ctx.is_main)) as bar:
-        for epoch in range(progress.epoch, cfg.epochs):
-            bar.set_description(f"train-patch epoch {epoch + 1}/{cfg.epochs}")
+        for epoch in range(progress.epoch, epochs):
+            bar.set_description(f"train-patch epoch {epoch + 1}/{epochs}")
             train_loader = _loader(train_s, cfg, _seed(seed, epoch), cfg.steps, augment=cfg.augment,
                                    input_size=input_size)
-            tr = _run_epoch(net, train_loader, assigner, cluster_size, optimizer, bar, ctx)
+            tr = _run_epoch(net, train_loader, assigner, cluster_size, optimizer, bar, ctx,
+                            (freezer, epoch * cfg.steps))
             val_loader = _loader(val_s, cfg, _seed(seed, -1), val_steps, augment=False, input_size=input_size)
             va = _run_epoch(model, val_loader, assigner, cluster_size, None, bar, ctx)  # summed over ranks
             run.end_epoch(model, optimizer, progress, {
@@ -200,9 +239,14 @@ def _train(run: TrainingRun, cfg: PatchTrainConfig, ctx: DistContext) -> dict:
 
     def finish() -> dict:
         best_epoch = run.load_best(model)
-        onnx_path = export_classifier_onnx(model.eval(), run.dir / MODEL_FILE, input_size,
-                                           mpp=patch_mpp * patch_size / input_size, arch=cfg.arch)
+        if init is not None:
+            onnx_path = init.export(model.eval(), run.dir / MODEL_FILE)
+        else:
+            onnx_path = export_classifier_onnx(model.eval(), run.dir / MODEL_FILE, input_size,
+                                               mpp=patch_mpp * patch_size / input_size, arch=cfg.arch)
         metrics: dict = {"best_epoch": best_epoch, "best_val_loss": progress.best_val_loss, "plan": plan.as_dict()}
+        if init is not None:
+            metrics["init"] = init.summary()
         if test_ix:
             metrics["test"] = evaluate_patch_model(onnx_path, test_ix, cfg.eval_per_class, cfg.seed,
                                                    progress=cfg.progress)

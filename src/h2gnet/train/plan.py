@@ -16,6 +16,10 @@ from dataclasses import asdict, dataclass
 
 #: Fewer optimizer steps than this in a whole run: warn that the model will hardly learn (see the module doc).
 MIN_OPTIMIZER_STEPS = 100
+#: The same for a run fine-tuning a trained model (``--init``): 80 classifier steps and 100 refiner steps on 5
+#: slides of a new stain set lifted refined Dice from 0.887 (zero-shot) to 0.897 (benchmarks/finetune_slides.py,
+#: docs/guide/fine-tune.md); shorter runs are not measured.
+MIN_FINETUNE_STEPS = 80
 
 
 @dataclass(frozen=True)

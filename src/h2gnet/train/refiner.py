@@ -16,6 +16,7 @@ import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,13 +25,14 @@ import torch.nn.functional as F
 from h2gnet.conventions import HEATMAP_SUFFIX, MODEL_FILE
 from h2gnet.errors import H2GNetError
 from h2gnet.infer.heatmap import load_slide_heatmap
+from h2gnet.infer.model_card import ModelCard
 from h2gnet.infer.refine_input import low_resolution, network_input, target_mask
 from h2gnet.io.annotations import load_annotation
 from h2gnet.io.manifest import SlideEntry, read_manifest, select
 from h2gnet.io.slides import open_slide
 from h2gnet.params import ParameterError
 from h2gnet.train.augment import augment_refinement
-from h2gnet.train.config import RefineTrainConfig
+from h2gnet.train.config import RefineTrainConfig, describe_lr
 from h2gnet.train.distributed import (
     DistContext,
     all_sum,
@@ -42,9 +44,10 @@ from h2gnet.train.distributed import (
     wrap,
 )
 from h2gnet.train.export import export_refiner_onnx
+from h2gnet.train.finetune import Freezer, load_init
 from h2gnet.train.losses import dice_loss
 from h2gnet.train.models import build_refiner
-from h2gnet.train.plan import TrainingPlan, epochs_for, plan_run
+from h2gnet.train.plan import MIN_FINETUNE_STEPS, MIN_OPTIMIZER_STEPS, TrainingPlan, epochs_for, plan_run
 from h2gnet.train.run_state import TrainingRun, set_threads
 
 
@@ -57,12 +60,17 @@ class Sample:
     y: np.ndarray
 
 
-def load_sample(entry: SlideEntry, heatmap_dir: str | Path | None, size: int, *, use_heatmap: bool) -> Sample:
-    """Build one slide's input (low-res RGB [+ heatmap]) and target at ``size``² px."""
+def load_sample(entry: SlideEntry, heatmap_dir: str | Path | None, size: int, *, use_heatmap: bool,
+                card: ModelCard | None = None) -> Sample:
+    """Build one slide's input (low-res RGB [+ heatmap]) and target at ``size``² px, the way inference feeds
+    the refiner: h2gnet's way, or as ``card`` says (image source, normalisation, resizing) for a fine-tuned
+    card-described model."""
     if entry.annotation is None:
         raise H2GNetError(entry.slide, "has no annotation to train the refinement network on")
+    source, normalisation, resize = ((card.image_source, card.image_normalisation, card.resize) if card is not None
+                                     else ("h2gnet", "fixed", "stretch"))
     with open_slide(entry.slide, entry.mpp) as slide:
-        low = low_resolution(slide, size)
+        low = low_resolution(slide, size, source)
         heat = None
         if use_heatmap:
             if heatmap_dir is None:
@@ -70,7 +78,8 @@ def load_sample(entry: SlideEntry, heatmap_dir: str | Path | None, size: int, *,
             heat = load_slide_heatmap(Path(heatmap_dir) / f"{entry.key}{HEATMAP_SUFFIX}", slide)
         truth = load_annotation(entry.annotation, slide.dimensions, slide.mpp, low.mpp,
                                 mask_downsample=entry.annotation_downsample, tumour_free=entry.tumour_free)
-    return Sample(entry.key, network_input(low, heat, size), target_mask(low, truth, size))
+    return Sample(entry.key, network_input(low, heat, size, normalisation, resize),
+                  target_mask(low, truth, size, resize))
 
 
 def _augment(sample: Sample, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -95,13 +104,15 @@ def _loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.stack(losses).mean()
 
 
-def _train_epoch(model, samples, cfg, optimizer, rng, ctx: DistContext | None = None) -> float:
+def _train_epoch(model, samples, cfg, optimizer, rng, ctx: DistContext | None = None,
+                 freezer: tuple[Freezer, int] | None = None) -> float:
     """One epoch over the training slides in a random order, ``accumulation`` batches per update; a last
     batch of one slide gets a second one.
 
     On several ranks every rank draws the same order (``rng``), takes every ``world size``-th batch (the
     order padded by its start so all ranks make the same number of updates) and augments with its own
-    generator; the gradients of one update are averaged over ranks once, on its last batch."""
+    generator; the gradients of one update are averaged over ranks once, on its last batch. ``freezer``: (the
+    run's :class:`Freezer`, the run's optimizer steps before this epoch)."""
     model.train()
     order = rng.permutation(len(samples))
     if len(order) % cfg.batch_size == 1 and cfg.batch_size > 1:
@@ -116,7 +127,7 @@ def _train_epoch(model, samples, cfg, optimizer, rng, ctx: DistContext | None = 
         epoch_key = int(rng.integers(2**31))
         aug_rng = np.random.default_rng(np.random.SeedSequence([rank_seed(cfg.seed, ctx.rank), epoch_key]))
     optimizer.zero_grad(set_to_none=True)
-    total, n_batches, pending = 0.0, 0, 0
+    total, n_batches, pending, n_steps = 0.0, 0, 0, 0
     n_total = -(-len(order) // cfg.batch_size)
     for start in range(0, len(order), cfg.batch_size):
         chosen = [samples[i] for i in order[start:start + cfg.batch_size]]
@@ -131,16 +142,24 @@ def _train_epoch(model, samples, cfg, optimizer, rng, ctx: DistContext | None = 
         n_batches += 1
         pending += 1
         if pending == cfg.accumulation:
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            _step(optimizer, freezer, n_steps)
+            n_steps += 1
             pending = 0
     if pending:  # the epoch's last, partial accumulation still counts
-        optimizer.step()
+        _step(optimizer, freezer, n_steps)
         optimizer.zero_grad(set_to_none=True)
     if ctx is not None and ctx.distributed:
         total, n_all = all_sum([total, float(n_batches)], ctx)
         return total / max(n_all, 1)
     return total / max(n_batches, 1)
+
+
+def _step(optimizer: torch.optim.Optimizer, freezer: tuple[Freezer, int] | None, n_steps: int) -> None:
+    """One optimizer step (the ``n_steps``-th of the epoch), the frozen parameters' gradients dropped first."""
+    if freezer is not None:
+        freezer[0].before_step(freezer[1] + n_steps)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def _dice(pred: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tensor) -> float:
@@ -162,7 +181,7 @@ def _heats(entries: list[SlideEntry], samples: list[Sample], cfg: RefineTrainCon
         return [s.x[3] for s in samples]
     if cfg.heatmaps is None:
         return None
-    return [load_sample(e, cfg.heatmaps, cfg.input_size, use_heatmap=True).x[3] for e in entries]
+    return [load_sample(e, cfg.heatmaps, samples[0].x.shape[-1], use_heatmap=True).x[3] for e in entries]
 
 
 def plan_refiner(cfg: RefineTrainConfig, train_slides: int, world_size: int = 1) -> TrainingPlan:
@@ -230,26 +249,43 @@ def _train(run: TrainingRun, cfg: RefineTrainConfig, ctx: DistContext) -> dict:
     show = cfg.progress and ctx.is_main
     set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    use_heat = cfg.arch != "unet-lr"
-    model = build_refiner(cfg.arch, filters=cfg.filters)
+    init = load_init(cfg.init, "refiner", cfg.preset) if cfg.init else None  # errors before any work
+    model: Any
+    card: ModelCard | None
+    if init is not None:
+        init.check_output(run.dir)
+        if cfg.input_size is not None and cfg.input_size != init.input_size:
+            raise ParameterError("input_size", f"the --init model takes {init.input_size} px (got "
+                                               f"{cfg.input_size}); leave --input-size out")
+        model, size, use_heat, card = init.model, init.input_size, init.in_channels == 4, init.card
+        backbone = init.backbone
+    else:
+        assert cfg.input_size is not None
+        model, size, use_heat, card = build_refiner(cfg.arch, filters=cfg.filters), cfg.input_size, \
+            cfg.arch != "unet-lr", None
+        backbone = [n for n, _ in model.named_parameters() if "encoder" in n.split(".")]
     try:
-        model.check_size(cfg.input_size, cfg.input_size)
+        model.check_size(size, size)
     except ValueError as exc:
         raise ParameterError("input_size", str(exc)) from None
+    freezer = Freezer(model, backbone, cfg.freeze_backbone_steps)
     entries = read_manifest(cfg.manifest)
     sets, chosen = {}, {}
     for split in ("train", "val"):
         chosen[split] = [e for e in select(entries, split) if e.annotation is not None]
         if not chosen[split]:
             raise H2GNetError(cfg.manifest, f"has no annotated slides in the {split} split")
-        sets[split] = [load_sample(e, cfg.heatmaps, cfg.input_size, use_heatmap=use_heat)
+        sets[split] = [load_sample(e, cfg.heatmaps, size, use_heatmap=use_heat, card=card)
                        for e in tqdm(chosen[split], desc=f"load {split}", unit="slide", disable=not show)]
     plan = plan_refiner(cfg, len(sets["train"]), ctx.world_size)
     epochs = plan.epochs
     if ctx.is_main:
-        print(f"train-refine {plan.describe('slides')}", file=sys.stderr)
+        start = f"from {init.describe()}" if init is not None else "from random weights"
+        print(f"train-refine {plan.describe('slides')}; trains {freezer.describe()} {start} at {describe_lr(cfg)}",
+              file=sys.stderr)
         plan.warn_if_short(f"give --total-steps (e.g. 1000; epochs follow), or lower --batch-size "
-                           f"{cfg.batch_size} / --accumulation {cfg.accumulation}, or more training slides")
+                           f"{cfg.batch_size} / --accumulation {cfg.accumulation}, or more training slides",
+                           MIN_FINETUNE_STEPS if init is not None else MIN_OPTIMIZER_STEPS)
     heats = _heats(chosen["val"], sets["val"], cfg)
     val_patchwise = patchwise_dice(heats, sets["val"]) if heats is not None else None
     net = wrap(model, ctx)
@@ -266,7 +302,7 @@ def _train(run: TrainingRun, cfg: RefineTrainConfig, ctx: DistContext) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(cfg, epoch, epochs)
             t0 = time.perf_counter()
-            train_loss = _train_epoch(net, sets["train"], cfg, optimizer, rng, ctx)
+            train_loss = _train_epoch(net, sets["train"], cfg, optimizer, rng, ctx, (freezer, epoch * plan.steps))
             val_loss, val_dice = _validate(model, sets["val"], cfg)  # every rank: the same slides and weights
             pw = {} if val_patchwise is None else {"val_dice_patchwise": val_patchwise}
             run.end_epoch(model, optimizer, progress, {"train_loss": train_loss, "val_loss": val_loss,
@@ -281,10 +317,15 @@ def _train(run: TrainingRun, cfg: RefineTrainConfig, ctx: DistContext) -> dict:
         best_epoch = run.load_best(model)
         _, val_dice = _validate(model, sets["val"], cfg)
         line = verdict(val_dice, val_patchwise)
-        export_refiner_onnx(model.eval(), run.dir / MODEL_FILE, cfg.input_size, arch=cfg.arch,
-                            validation={"val_dice": val_dice, "val_dice_patchwise": val_patchwise})
+        validation = {"val_dice": val_dice, "val_dice_patchwise": val_patchwise}
+        if init is not None:
+            init.export(model.eval(), run.dir / MODEL_FILE, validation)
+        else:
+            export_refiner_onnx(model.eval(), run.dir / MODEL_FILE, size, arch=cfg.arch, validation=validation)
         metrics = {"best_epoch": best_epoch, "best_val_loss": progress.best_val_loss, "val_dice": val_dice,
                    "val_dice_patchwise": val_patchwise, "verdict": line, "plan": plan.as_dict()}
+        if init is not None:
+            metrics["init"] = init.summary()
         run.write_metrics(metrics)
         if val_patchwise is not None and val_dice < val_patchwise:
             warnings.warn(line, UserWarning, stacklevel=2)

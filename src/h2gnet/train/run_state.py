@@ -21,7 +21,7 @@ import json
 import math
 import pickle
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +167,11 @@ class TrainingRun:
         if not isinstance(old, dict):
             raise H2GNetError(cfg_path, "is not a run configuration (a JSON object)")
         ignored = RESUMABLE_CHANGES | {"h2gnet_version"}
-        diff = sorted(k for k in self.config if k not in ignored and old.get(k) != self.config[k])
+        # a setting added after the run was made (absent from its config.json) had its default then
+        defaults = json.loads(json.dumps({f.name: f.default for f in fields(config) if f.default is not MISSING},
+                                         default=str))
+        diff = sorted(k for k in self.config if k not in ignored
+                      and old.get(k, defaults.get(k)) != self.config[k])
         if diff:
             raise H2GNetError(self.dir, f"holds a run with other settings ({', '.join(diff)}); "
                                         "use another output folder or --overwrite")
