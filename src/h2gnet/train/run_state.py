@@ -185,8 +185,14 @@ class TrainingRun:
         if not writer:
             yield
             return
-        with folder_lock(self.dir, command):
-            yield
+        new = not self.dir.exists()
+        try:
+            with folder_lock(self.dir, command):
+                yield
+        except BaseException:
+            if new and self.dir.is_dir() and not any(self.dir.iterdir()):
+                self.dir.rmdir()  # refused before any work (a bad --init, say): leave no empty run folder behind
+            raise
 
     def begin(self) -> None:
         """Create the folder and write ``config.json`` (with ``overwrite``, first drop the old run's files)."""
