@@ -114,8 +114,11 @@ def main() -> None:
 
     report: dict = {"slide": str(slide_path), "model": str(patch), "patch_size": size, "patch_mpp": model.mpp,
                     "repeat": args.repeat, "load_average_before": [round(v, 2) for v in load]}
-    dense = float(np.median([r["seconds"] for r in runs["dense"]]))
-    dense_cpu = float(np.median([r["cpu"] for r in runs["dense"]]))
+    def median(values: list[float]) -> float:  # the middle run (the upper one of an even number), as for the rows
+        return sorted(values)[len(values) // 2]
+
+    dense = median([r["seconds"] for r in runs["dense"]])
+    dense_cpu = median([r["cpu"] for r in runs["dense"]])
     print(f"slide {slide_path.name}, {runs['dense'][0]['tissue_patches']} tissue patches of {size} px at "
           f"{model.mpp:g} µm/px; load average before {load[0]:.2f}")
     for v in variants:
@@ -127,9 +130,9 @@ def main() -> None:
                "inference_seconds": round(s["inference"], 3), "read_wait_seconds": round(s["read_wait"], 3),
                "model_alone_seconds": round(model_alone(s["patches"]), 3), "patches": s["patches"],
                "classified_fraction": round(frac, 4), "rounds": s["rounds"], "tiles": s["tiles"],
-               "over_dense": round(s["seconds"] / dense, 3), "cpu_seconds": round(float(np.median(cpus)), 3),
+               "over_dense": round(s["seconds"] / dense, 3), "cpu_seconds": round(median(cpus), 3),
                "cpu_runs_seconds": [round(c, 2) for c in cpus],
-               "cpu_over_dense": round(float(np.median(cpus)) / dense_cpu, 3)}
+               "cpu_over_dense": round(median(cpus) / dense_cpu, 3)}
         if v != "dense":
             row["over_dense_minus_fraction"] = round(row["over_dense"] - frac, 3)
             row["max_abs_diff_vs_dense"] = round(float(np.abs(s["heat"] - runs["dense"][0]["heat"]).max()), 4)

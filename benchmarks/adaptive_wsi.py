@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from segment_wsi import FAST_ENGINES, make_slide, make_truth
+from segment_wsi import FAST_ENGINES, STAGES, make_slide, make_truth
 
 EVAL_MPP = 8.0
 
@@ -234,7 +234,7 @@ def main() -> None:
         rs = runs[mode]
         s = sorted(rs, key=lambda r: r["wall"])[len(rs) // 2]
         stages = {k: round(v, 2) for k, v in s["seconds"].items()}
-        startup = s["wall"] - sum(v for k, v in s["seconds"].items() if k not in ("inference", "total"))
+        startup = s["wall"] - sum(v for k, v in s["seconds"].items() if k in STAGES)
         row = {"seconds": round(s["wall"], 2), "runs_seconds": [round(r["wall"], 2) for r in rs],
                "patches": int(s["patches"]), "classified_fraction": s["classified_fraction"],
                "rounds": (s["evaluation"] or {}).get("rounds"),

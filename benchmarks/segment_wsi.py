@@ -282,6 +282,9 @@ MODES = {"dense": ["--dense"], "adaptive": ["--adaptive"],
                            "--check", "mean"]}
 #: Masks are compared at this µm/px.
 EVAL_MPP = 8.0
+#: The summary's consecutive stages (h2gnet.infer.segment.STAGES); the rest of a run's wall time is process
+#: start, imports, model loading and exit.
+STAGES = ("tissue", "heatmap", "refinement", "write")
 
 
 def default_mode() -> str:
@@ -360,7 +363,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def mode_row(runs: list[dict], ceilings: list[float]) -> dict:
     """One mode's figures: medians over its runs."""
     s = sorted(runs, key=lambda r: r["wall"])[len(runs) // 2]
-    startup = s["wall"] - sum(v for k, v in s["seconds"].items() if k not in ("inference", "total"))
+    startup = s["wall"] - sum(v for k, v in s["seconds"].items() if k in STAGES)
     return {"seconds": round(s["wall"], 2), "runs_seconds": [round(r["wall"], 2) for r in runs],
             "patches": int(s["patches"]), "tissue_patches": int(s["tissue_patches"]),
             "classified_fraction": s["classified_fraction"], "rounds": (s["evaluation"] or {}).get("rounds"),

@@ -62,6 +62,9 @@ from h2gnet.patches.grid import MIN_TISSUE
 from h2gnet.patches.tissue import detect_tissue, tissue_area_mm2
 
 OVERLAY_MAX_SIDE = 2048
+#: The consecutive stages of a slide in its summary's ``seconds`` (their sum is ``total``); ``inference`` (time in
+#: the patch model) and ``read_wait`` (the model waiting for patches) are parts of ``heatmap``.
+STAGES = ("tissue", "heatmap", "refinement", "write")
 
 
 @dataclass
@@ -257,7 +260,7 @@ def segment_slide(slide: Slide | str | Path, out_dir: str | Path, models: Models
         "seconds": seconds,
         "outputs": {k: p.name for k, p in paths.items()},
     }
-    seconds["total"] = round(sum(v for k, v in timings.items() if k != "inference"), 3)
+    seconds["total"] = round(sum(v for k, v in timings.items() if k in STAGES), 3)
     try:
         write_text(paths["summary"], json.dumps(summary, indent=2))
     except BaseException:
