@@ -103,8 +103,8 @@ def test_real_slides_segment(name: str, mpp, patch_run: Path, tmp_path: Path) ->
 
 
 def test_tissue_found_while_the_models_load_is_the_tissue_of_the_slide(tiny_slide, tmp_path: Path) -> None:
-    from h2gnet.infer.segment import Models, segment_slide
     from h2gnet.infer.runtime import sha256_of
+    from h2gnet.infer.segment import Models, segment_slide
     from tiny_models import tiny_patch_model
 
     path, _, _ = tiny_slide
