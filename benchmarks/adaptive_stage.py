@@ -11,7 +11,7 @@ configuration, the default the paper's), the model loaded once, it runs
 each on a freshly opened slide (cold tile cache):
 
 * ``dense``: every tissue patch;
-* ``SETTING/before``: adaptive with the reading of 0.1.0 (each round's patches in grid order, the reader's
+* ``SETTING/before``: adaptive with the reading before issue 22 (each round's patches in grid order, the reader's
   64 MB tile cache);
 * ``SETTING``: adaptive as it is now (:data:`~h2gnet.infer.heatmap.ADAPTIVE_READ_ORDER`, the tile cache
   raised for the run: :data:`~h2gnet.infer.heatmap.ADAPTIVE_TILE_CACHE_MB`);
@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--patch-mpp", type=float, default=1.0)
     ap.add_argument("--patch-model", type=Path, default=None, help="another (trained) patch model")
     ap.add_argument("--settings", nargs="+", default=["default", "wide"], choices=tuple(SETTINGS))
-    ap.add_argument("--no-before", action="store_true", help="skip the 0.1.0 reading of the adaptive rounds")
+    ap.add_argument("--no-before", action="store_true", help="skip the reading of the adaptive rounds from before issue 22")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--readers", type=int, default=2)

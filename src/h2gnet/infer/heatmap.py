@@ -127,7 +127,7 @@ def z_order(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
 
 
 #: Order in which each round of an adaptive heatmap reads its patches: "z" (:func:`z_order`: patches sharing
-#: tiles together) or "grid" (row by row, as the cells come; the order before 0.1.1).
+#: tiles together) or "grid" (row by row, as the cells come; the order before issue 22).
 ADAPTIVE_READ_ORDER = "z"
 #: Tile-cache budget of an adaptive heatmap (MB, at most; the tiles its tissue patches need, if fewer): later
 #: rounds read the neighbours of earlier rounds' patches, in the tiles those decoded. None: the reader's default.
