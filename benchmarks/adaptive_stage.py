@@ -76,7 +76,8 @@ def main() -> None:
     ap.add_argument("--patch-mpp", type=float, default=1.0)
     ap.add_argument("--patch-model", type=Path, default=None, help="another (trained) patch model")
     ap.add_argument("--settings", nargs="+", default=["default", "wide"], choices=tuple(SETTINGS))
-    ap.add_argument("--no-before", action="store_true", help="skip the reading of the adaptive rounds from before issue 22")
+    ap.add_argument("--no-before", action="store_true",
+                    help="skip the reading of the adaptive rounds from before issue 22")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--readers", type=int, default=2)
