@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from segment_wsi import TISSUE_TARGET, make_slide
+from segment_wsi import FAST_ENGINES, STAGES, make_slide, make_truth
 
 EVAL_MPP = 8.0
 
@@ -91,20 +91,7 @@ def train_models(study: Path, short: bool = False) -> tuple[Path, Path]:
 
 def slide_with_truth(cache: Path, width: int, height: int, mpp: float) -> tuple[Path, Path]:
     """segment_wsi's benchmark slide (rendered once) and its tumour annotation (GeoJSON, level-0 px)."""
-    from h2gnet.synth.annotation import geojson_text
-    from h2gnet.synth.spec import make_slide_spec
-
-    slide = make_slide(cache, width, height, mpp)
-    truth = slide.with_suffix(".geojson")
-    if not truth.exists():
-        best = None
-        for seed in range(12):  # segment_wsi.make_slide's choice of seed
-            spec = make_slide_spec(seed, 2, width, height, mpp, (1, 4, 16, 64))
-            frac = float((spec.tissue > 0).mean())
-            if best is None or abs(frac - TISSUE_TARGET) < abs(best[1] - TISSUE_TARGET):
-                best = (spec, frac)
-        truth.write_text(geojson_text(best[0]))
-    return slide, truth
+    return make_slide(cache, width, height, mpp), make_truth(cache, width, height, mpp)
 
 
 #: The modes a run can compare (``--modes``): name -> ``h2gnet segment`` options. "adaptive" is the option's
@@ -161,10 +148,10 @@ def final_mask(folder: Path, slide: Path, extent: tuple[int, int], slide_mpp: fl
     return load_mask_tiff(folder / f"{slide.stem}.mask.tiff", slide_mpp).to_mpp(EVAL_MPP, extent).array
 
 
-def run_fast(slide: Path, patch: Path, refine: Path, cache: Path, engine: str | None = None) -> dict | None:
+def run_fast(slide: Path, patch: Path, refine: Path, cache: Path, engine: str = "default") -> dict | None:
     """FAST's run of the exported pipeline (None without pyFAST): child-process seconds and its mask, or
     ``{"error": ...}`` when FAST fails (the h2gnet figures are still reported). ``engine``: FAST's inference
-    engine (None: FAST's default, OpenVINO)."""
+    engine ("default": FAST's own, OpenVINO in FAST 4.18; e.g. "ONNXRuntime")."""
     from h2gnet.errors import H2GNetError
     from h2gnet.fast.fpl import export_fast
     from h2gnet.fast.runner import fast_available, run_fast_pipeline, segmentation_raster
@@ -173,14 +160,14 @@ def run_fast(slide: Path, patch: Path, refine: Path, cache: Path, engine: str | 
         return None
     from fast_run import warmup_slide  # benchmarks/fast_run.py
 
-    out = cache / f"adaptive-fast-{engine or 'default'}"
-    fpl = export_fast(patch, refine, out / "pipeline", inference_engine=engine)
+    out = cache / f"adaptive-fast-{engine}"
+    fpl = export_fast(patch, refine, out / "pipeline", inference_engine=None if engine == "default" else engine)
     home = out / "fast-home"
     try:
         run_fast_pipeline(fpl, warmup_slide(out), out / "warmup", fast_home=home, timeout=600)
         r = run_fast_pipeline(fpl, slide, out / "run", fast_home=home, timeout=1800)
     except H2GNetError as exc:
-        return {"error": str(exc)[-300:]}
+        return {"error": str(exc)[-400:]}
     return {"process_seconds": r.process_seconds, "seconds": r.seconds, "mask": segmentation_raster(r, EVAL_MPP)}
 
 
@@ -198,8 +185,9 @@ def main() -> None:
                     help="what to compare (dense, adaptive, adaptive-wide: see MODES)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per mode (medians reported)")
     ap.add_argument("--no-fast", action="store_true", help="skip the FAST run even when pyFAST is installed")
-    ap.add_argument("--fast-engine", default=None,
-                    help="FAST's inference engine (default: FAST's own, OpenVINO; e.g. ONNXRuntime)")
+    ap.add_argument("--fast-engines", nargs="+", default=list(FAST_ENGINES),
+                    help="FAST's inference engines, one run each (default: FAST's default, OpenVINO, and "
+                         "ONNXRuntime, which runs where FAST's OpenVINO fails on a CPU)")
     ap.add_argument("--train-only", action="store_true", help="make the cached models and slide, then stop")
     ap.add_argument("--short-training", action="store_true", help="train with SHORT_TRAINING's settings")
     ap.add_argument("--patch-model", type=Path, default=None, help="use this classifier (with --refine-model)")
@@ -231,7 +219,12 @@ def main() -> None:
         truth = load_annotation(truth_path, s.dimensions, s.mpp, EVAL_MPP).array
     masks = {m: final_mask(args.cache / "adaptive-out" / m, slide, extent, slide_mpp) for m in args.modes}
     reference = masks.get("dense")
-    fast = None if args.no_fast else run_fast(slide, patch, refine, args.cache, args.fast_engine)
+    fast_runs: dict[str, dict] = {}
+    for engine in [] if args.no_fast else args.fast_engines:
+        r = run_fast(slide, patch, refine, args.cache, engine)
+        if r is None:
+            break  # no pyFAST
+        fast_runs[engine] = r
     report: dict = {"slide": str(slide), "load_average_before": [round(v, 2) for v in load],
                     "load_average_after": [round(v, 2) for v in os.getloadavg()], "device": args.device,
                     "repeat": args.repeat, "tissue_patches": int(first["tissue_patches"])}
@@ -241,7 +234,7 @@ def main() -> None:
         rs = runs[mode]
         s = sorted(rs, key=lambda r: r["wall"])[len(rs) // 2]
         stages = {k: round(v, 2) for k, v in s["seconds"].items()}
-        startup = s["wall"] - sum(v for k, v in s["seconds"].items() if k not in ("inference", "total"))
+        startup = s["wall"] - sum(v for k, v in s["seconds"].items() if k in STAGES)
         row = {"seconds": round(s["wall"], 2), "runs_seconds": [round(r["wall"], 2) for r in rs],
                "patches": int(s["patches"]), "classified_fraction": s["classified_fraction"],
                "rounds": (s["evaluation"] or {}).get("rounds"),
@@ -259,24 +252,32 @@ def main() -> None:
     for mode in (m for m in args.modes if m != "dense" and "dense" in report):
         report[f"dense_over_{mode}"] = round(report["dense"]["seconds"] / report[mode]["seconds"], 2)
         print(f"dense / {mode} = {report[f'dense_over_{mode}']:.2f}")
-    if fast is not None and "error" in fast:
-        report["fast_seconds"], report["fast_error"] = None, fast["error"]
-        print(f"FAST ({args.fast_engine or 'default engine'}) failed: {fast['error']}")
-    elif fast is not None:
-        report["fast_engine"] = args.fast_engine or "default (OpenVINO)"
-        report["fast_seconds"] = round(fast["process_seconds"], 2)
-        report["fast_pipeline_seconds"] = round(fast["seconds"], 2)
+    report["fast_runs"] = {}
+    for engine, fast in fast_runs.items():
+        if "error" in fast:
+            report["fast_runs"][engine] = {"seconds": None, "error": fast["error"]}
+            print(f"FAST ({engine} engine) FAILED: {fast['error']}")
+            continue
         fmask = fast["mask"].to_mpp(EVAL_MPP, extent).array
-        report["fast_dice_vs_truth"] = round(dice(fmask, truth), 4)
-        if reference is not None:
-            report["fast_dice_vs_dense"] = round(dice(fmask, reference), 4)
-        for mode in args.modes:
-            report[f"fast_over_{mode}"] = round(fast["process_seconds"] / report[mode]["seconds"], 2)
-        print(f"FAST (pyFAST, same fp32 models): {fast['process_seconds']:.2f} s ({fast['seconds']:.2f} s pipeline), "
-              f"Dice vs truth {report['fast_dice_vs_truth']:.4f}; FAST / h2gnet: "
-              + ", ".join(f"{m} {report[f'fast_over_{m}']:.2f}" for m in args.modes))
-    else:
-        report["fast_seconds"] = None
+        row = {"seconds": round(fast["process_seconds"], 2), "pipeline_seconds": round(fast["seconds"], 2),
+               "dice_vs_truth": round(dice(fmask, truth), 4),
+               "dice_vs_dense": None if reference is None else round(dice(fmask, reference), 4),
+               **{f"fast_over_{m}": round(fast["process_seconds"] / report[m]["seconds"], 2) for m in args.modes}}
+        report["fast_runs"][engine] = row
+        print(f"FAST ({engine} engine, same fp32 models): {row['seconds']:.2f} s ({row['pipeline_seconds']:.2f} s "
+              f"pipeline), Dice vs truth {row['dice_vs_truth']:.4f}; FAST / h2gnet: "
+              + ", ".join(f"{m} {row[f'fast_over_{m}']:.2f}" for m in args.modes))
+    # the first engine's figures under the keys of earlier versions
+    first = report["fast_runs"].get(args.fast_engines[0]) if fast_runs else None
+    report["fast_engine"] = args.fast_engines[0] if fast_runs else None
+    report["fast_seconds"] = None if first is None else first["seconds"]
+    if first is not None and "error" in first:
+        report["fast_error"] = first["error"]
+    elif first is not None:
+        report.update({k: v for k, v in first.items() if k.startswith("fast_over_")},
+                      fast_pipeline_seconds=first["pipeline_seconds"], fast_dice_vs_truth=first["dice_vs_truth"],
+                      fast_dice_vs_dense=first["dice_vs_dense"])
+    if not fast_runs:
         print("FAST: not run (pyFAST not installed, or --no-fast)")
     print(json.dumps(report))
 

@@ -157,6 +157,35 @@ def test_heatmap_reads_only_the_classified_patches(tiny_slide) -> None:
     assert (heat["dense"] > 0.5).any() and (heat["dense"][heat["dense"] > 0] < 0.5).any()
 
 
+def test_z_order_keeps_blocks_together() -> None:
+    from h2gnet.infer.heatmap import z_order
+
+    rows, cols = np.nonzero(np.ones((6, 8), bool))
+    order = z_order(rows, cols)
+    assert sorted(order.tolist()) == list(range(len(rows)))  # a permutation
+    blocks = (rows[order] // 2) * 4 + cols[order] // 2  # aligned 2×2 blocks come in runs of four
+    assert all(len(set(blocks[i:i + 4].tolist())) == 1 for i in range(0, len(blocks), 4))
+
+
+def test_adaptive_reading_order_and_tile_cache_do_not_change_the_heatmap(tiny_slide,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from h2gnet.infer import heatmap as hm
+    from h2gnet.io.slides import open_slide
+    from h2gnet.patches.tissue import detect_tissue
+
+    path, _, _ = tiny_slide
+    heat = {}
+    for order, cache_mb in (("grid", None), ("z", 512)):
+        monkeypatch.setattr(hm, "ADAPTIVE_READ_ORDER", order)
+        monkeypatch.setattr(hm, "ADAPTIVE_TILE_CACHE_MB", cache_mb)
+        with open_slide(path) as slide:
+            stats = hm.HeatmapStats()
+            heat[order] = hm.compute_heatmap(slide, _PurpleModel(), detect_tissue(slide), progress=False,
+                                             stats=stats, adaptive=AdaptiveConfig()).array
+            assert stats.seconds["read_wait"] >= 0 and stats.seconds["inference"] > 0
+    np.testing.assert_allclose(heat["z"], heat["grid"], atol=1e-6)
+
+
 def test_cli_refuses_bad_adaptive_settings(tmp_path: Path, capsys) -> None:
     from h2gnet.cli import main
 

@@ -100,3 +100,22 @@ def test_real_slides_segment(name: str, mpp, patch_run: Path, tmp_path: Path) ->
     assert main(args + (["--mpp", str(mpp)] if mpp else [])) == 0
     summary = json.loads((tmp_path / f"{path.stem}.json").read_text())
     assert summary["patches"] > 0 and summary["tissue_area_mm2"] > 0.1
+
+
+def test_tissue_found_while_the_models_load_is_the_tissue_of_the_slide(tiny_slide, tmp_path: Path) -> None:
+    from h2gnet.infer.runtime import sha256_of
+    from h2gnet.infer.segment import Models, segment_slide
+    from tiny_models import tiny_patch_model
+
+    path, _, _ = tiny_slide
+    model = tiny_patch_model(tmp_path / "patch.onnx")
+    cfg = SegmentConfig(patch_model=model, progress=False)
+    status = segment_many([str(path)], tmp_path / "many", cfg)  # the slide's tissue is found during loading
+    assert status[str(path)]["status"] == "done"
+    direct = segment_slide(path, tmp_path / "one", Models.load(cfg), cfg)  # found by segment_slide itself
+    many = json.loads((tmp_path / "many" / "tiny.json").read_text())
+    for key in ("tissue_area_mm2", "tumour_area_mm2", "patches", "tissue_patches"):
+        assert many[key] == direct[key]
+    assert many["models"]["patch"]["sha256"] == direct["models"]["patch"]["sha256"] == sha256_of(model)
+    model.write_bytes(model.read_bytes() + b"\0")  # a changed file is hashed again
+    assert sha256_of(model) != direct["models"]["patch"]["sha256"]

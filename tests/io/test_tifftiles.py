@@ -123,3 +123,25 @@ def test_large_reduced_reads_are_area_resampled_from_the_tiles(tmp_path: Path, m
     # a read overhanging the slide is background there
     far = slide.read_region((3000, 2000), (1000, 1000), 1.5)
     assert far.shape == (1000, 1000, 3) and (far[-50:, -50:] == slide._background).all()
+
+
+def test_tile_cache_budget_is_raised_for_a_block_and_restored(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tifftiles, "CACHE_BYTES", 2 * 256 * 256 * 3)
+    img, _ = phantom_image(2048, 1024, seed=5)
+    slide = open_slide(write_pyramid_tiff(tmp_path / "s.tiff", img, 0.5, (1,), tile=256))
+    assert slide._tiles is not None
+    spots = [(x, y) for y in range(0, 1024, 256) for x in range(0, 2048, 256)]  # 32 tiles
+    with slide.tile_cache(len(spots) * 256 * 256 * 3):
+        for p in spots:
+            slide.read_region(p, (256, 256), 0.5)
+        first = slide.tile_counts()
+        for p in spots:  # a second pass is served from the raised cache
+            slide.read_region(p, (256, 256), 0.5)
+        second = slide.tile_counts()
+    assert first == {"decoded": 32, "cache_hits": 0}
+    assert second == {"decoded": 32, "cache_hits": 32}
+    assert slide._tiles.cache_bytes == tifftiles.CACHE_BYTES
+    assert slide._tiles._cached_bytes <= tifftiles.CACHE_BYTES  # trimmed back when the block ends
+    with slide.tile_cache(None):  # no budget: no change
+        assert slide._tiles.cache_bytes == tifftiles.CACHE_BYTES

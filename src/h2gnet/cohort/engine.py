@@ -293,10 +293,8 @@ class Engine:
             on_end: Callable[[Outcome], object] | None = None) -> dict[str, Outcome]:
         """Run ``fn`` on every task; returns key -> :class:`Outcome` (in task order). ``on_end`` is called
         in this process as each slide ends (e.g. to write the status table)."""
-        from tqdm.auto import tqdm
-
         outcomes: dict[str, Outcome] = {}
-        with tqdm(total=len(tasks), desc=desc, unit="slide", disable=not progress or not tasks) as bar:
+        with _progress_bar(len(tasks), desc, show=progress and bool(tasks)) as bar:
             for outcome in (self._run_dask(fn, tasks, desc) if self.client is not None else
                             (_execute(fn, t, self.cache) for t in tasks)):
                 outcomes[outcome.key] = outcome
@@ -330,6 +328,28 @@ class Engine:
                 future.release()
         finally:
             self.client.cancel(futures)
+
+
+class _NoBar:
+    """A progress bar that shows nothing (tqdm is not imported for runs without bars)."""
+
+    def update(self, n: int = 1) -> None:
+        """Nothing to show."""
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _progress_bar(total: int, desc: str, *, show: bool) -> Any:
+    """A tqdm bar over ``total`` slides, or :class:`_NoBar` when ``show`` is false."""
+    if not show:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="slide")
 
 
 def _failure(exc: BaseException | None) -> str:

@@ -9,6 +9,7 @@ the prefetch depth whatever the slide size; no level-0 canvas exists.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import warnings
@@ -52,13 +53,15 @@ READERS_RULE = Rule(int, low=1, high=64, help="patch-reading threads")
 
 @dataclass
 class HeatmapStats:
-    """What a heatmap run did: patches classified, tissue patches, seconds per stage, and for an adaptive
-    run the patches classified per round."""
+    """What a heatmap run did: patches classified, tissue patches, seconds per stage (``heatmap``: the
+    whole patch stage; ``inference``: in the model; ``read_wait``: the model waiting for patches), for an
+    adaptive run the patches classified per round, and the slide tiles decoded."""
 
     patches: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     tissue_patches: int = 0
     rounds: list[int] = field(default_factory=list)
+    tiles: dict[str, int] | None = None  # tiles decoded and cache hits (direct TIFF decoding only)
 
 
 def patch_grid_for(slide: Slide, model: OnnxModel) -> PatchGrid:
@@ -88,11 +91,15 @@ def _read_input_batch(slide: Slide, xs: np.ndarray, ys: np.ndarray, size: int, m
     return out
 
 
-def patch_batches(slide: Slide, xs: np.ndarray, ys: np.ndarray, size: int, mpp: float, batch_size: int,
-             readers: int, prefetch: int) -> Iterator[tuple[int, np.ndarray]]:
-    """(start, float32 NCHW [0, 1] batch) in order, read ``prefetch`` batches ahead on ``readers`` threads."""
+def patch_batches(slide: Slide, xs: np.ndarray, ys: np.ndarray, size: int, mpp: float, batch_size: int,  # noqa: PLR0913
+                  readers: int, prefetch: int, pool: ThreadPoolExecutor | None = None,
+                  ) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, float32 NCHW [0, 1] batch) in order, read ``prefetch`` batches ahead on ``readers`` threads
+    (or on ``pool``'s, which the caller keeps, e.g. across the rounds of an adaptive heatmap)."""
     starts = list(range(0, len(xs), batch_size))
-    with ThreadPoolExecutor(max(1, readers)) as pool:
+    with contextlib.ExitStack() as stack:
+        if pool is None:
+            pool = stack.enter_context(ThreadPoolExecutor(max(1, readers)))
         pending: deque = deque()
         for start in starts:
             pending.append((start, pool.submit(_read_input_batch, slide, xs[start:start + batch_size],
@@ -105,16 +112,48 @@ def patch_batches(slide: Slide, xs: np.ndarray, ys: np.ndarray, size: int, mpp: 
             yield s, fut.result()
 
 
-def compute_heatmap(slide: Slide, model: OnnxModel, tissue: Raster, min_tissue: float = MIN_TISSUE,  # noqa: PLR0913
+def z_order(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Indices that sort grid cells (``rows``, ``cols``) along the Z-order (Morton) curve: cells close on the
+    grid come close in the sequence at every scale, so patches that share a slide tile are read one after the
+    other whatever the tile size, and the tiles a stretch of patches needs stay few (the tile cache holds them)."""
+    def spread(v: np.ndarray) -> np.ndarray:
+        v = v.astype(np.uint64) & np.uint64(0xFFFFFFFF)
+        for shift, mask in ((16, 0x0000FFFF0000FFFF), (8, 0x00FF00FF00FF00FF), (4, 0x0F0F0F0F0F0F0F0F),
+                            (2, 0x3333333333333333), (1, 0x5555555555555555)):
+            v = (v | (v << np.uint64(shift))) & np.uint64(mask)
+        return v
+
+    return np.argsort(spread(rows) << np.uint64(1) | spread(cols), kind="stable")
+
+
+#: Order in which each round of an adaptive heatmap reads its patches: "z" (:func:`z_order`: patches sharing
+#: tiles together) or "grid" (row by row, as the cells come; the order before issue 22).
+ADAPTIVE_READ_ORDER = "z"
+#: Tile-cache budget of an adaptive heatmap (MB, at most; the tiles its tissue patches need, if fewer): later
+#: rounds read the neighbours of earlier rounds' patches, in the tiles those decoded. None: the reader's default.
+ADAPTIVE_TILE_CACHE_MB: int | None = 512
+
+
+def _tile_budget(slide: Slide, n_patches: int, size: int, mpp: float) -> int | None:
+    """Bytes of decoded tiles an adaptive heatmap keeps: the footprint of ``n_patches`` patches of ``size`` px
+    at ``mpp`` µm/px on the level they are read from (times 1.5 for tiles that stick out of the tissue), at
+    most :data:`ADAPTIVE_TILE_CACHE_MB`."""
+    if ADAPTIVE_TILE_CACHE_MB is None:
+        return None
+    side = size * mpp / slide.best_level(mpp).mpp  # level px per patch side
+    return int(min(ADAPTIVE_TILE_CACHE_MB << 20, 1.5 * n_patches * side * side * 3))
+
+
+def compute_heatmap(slide: Slide, model: OnnxModel, tissue: Raster, min_tissue: float = MIN_TISSUE,  # noqa: PLR0913, PLR0915
                     batch_size: int = 16, readers: int = 2, *, progress: bool = True,
                     stats: HeatmapStats | None = None, adaptive: AdaptiveConfig | None = None) -> Raster:
     """Tumour-probability heatmap (float32, one pixel per patch; 0 where no tissue patch is).
 
     ``adaptive`` None classifies every tissue patch (dense); otherwise only the patches the coarse-to-fine
     evaluation picks are read and classified, the others filled from them (:mod:`h2gnet.infer.adaptive`).
+    An adaptive run reads each round's patches in :data:`ADAPTIVE_READ_ORDER` on one pool of reader threads,
+    with the tile cache raised to :func:`_tile_budget` for the run.
     """
-    from tqdm.auto import tqdm
-
     grid = patch_grid_for(slide, model)
     t0 = time.perf_counter()
     card = getattr(model, "card", None)  # stand-ins of an OnnxModel may have none
@@ -129,38 +168,70 @@ def compute_heatmap(slide: Slide, model: OnnxModel, tissue: Raster, min_tissue: 
     tumour_col = getattr(model, "tumour_channel", None)
     if tumour_col is None:
         tumour_col = model.classes.index("tumour") if "tumour" in model.classes else -1
-    t_infer = 0.0
-    with tqdm(total=len(rows), desc=f"heatmap {slide.name}", unit="patch", disable=not progress) as bar:
+    t_infer = t_wait = 0.0
+    tiles_before = slide.tile_counts()
+    if progress:
+        from tqdm.auto import tqdm  # imported only for a bar (its import is ~0.1 s of a run's start)
+
+        bar = tqdm(total=len(rows), desc=f"heatmap {slide.name}", unit="patch")
+    else:
+        bar = None
+    with contextlib.ExitStack() as stack:
+        if bar is not None:
+            stack.enter_context(bar)
+        pool = stack.enter_context(ThreadPoolExecutor(max(1, readers)))  # one reader pool for every round
 
         def classify(r: np.ndarray, c: np.ndarray) -> np.ndarray:
-            nonlocal t_infer
+            nonlocal t_infer, t_wait
+            order = z_order(r, c) if adaptive is not None and ADAPTIVE_READ_ORDER == "z" else None
+            if order is not None:
+                r, c = r[order], c[order]
             x, y = grid.locations(r, c)
             out = np.empty(len(r), np.float32)
-            for start, batch in patch_batches(slide, x, y, model.input_size, model.mpp, batch_size, readers,
-                                              prefetch=max(2, readers * 2)):
+            batches = patch_batches(slide, x, y, model.input_size, model.mpp, batch_size, readers,
+                                    prefetch=max(2, readers * 2), pool=pool)
+            while True:
                 t1 = time.perf_counter()
+                item = next(batches, None)
+                t2 = time.perf_counter()
+                t_wait += t2 - t1
+                if item is None:
+                    break
+                start, batch = item
                 out[start:start + len(batch)] = check_probabilities(model(batch), model.path, slide.path)[:, tumour_col]
-                t_infer += time.perf_counter() - t1
-                bar.update(len(batch))
+                t_infer += time.perf_counter() - t2
+                if bar is not None:
+                    bar.update(len(batch))
+            if order is not None:  # back to the caller's order
+                back = np.empty_like(out)
+                back[order] = out
+                out = back
             return out
 
         if adaptive is None:
             heat[rows, cols] = classify(rows, cols)
             classified, rounds = len(rows), [len(rows)]
         else:
+            budget = _tile_budget(slide, len(rows), model.input_size, model.mpp)
+            stack.enter_context(slide.tile_cache(budget))
             cells = np.zeros(grid.shape, bool)
             cells[rows, cols] = True
             result = adaptive_values(cells, classify, adaptive)
             heat = result.values
             classified, rounds = int(np.count_nonzero(result.classified)), result.rounds
-            bar.total = classified
-            bar.refresh()
+            if bar is not None:
+                bar.total = classified
+                bar.refresh()
     if stats is not None:
         stats.patches = classified
         stats.tissue_patches = len(rows)
         stats.rounds = rounds
         stats.seconds["heatmap"] = time.perf_counter() - t0
         stats.seconds["inference"] = t_infer
+        stats.seconds["read_wait"] = t_wait
+        tiles_after = slide.tile_counts()
+        if tiles_before is not None and tiles_after is not None:
+            stats.tiles = {k: tiles_after[k] - tiles_before[k] for k in tiles_after}
     return Raster(heat, grid.cell_mpp, slide.mpp)
 
 

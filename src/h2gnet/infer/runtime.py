@@ -84,13 +84,23 @@ def choose_providers(device: str = "auto") -> list[str]:
     return [*chosen, "CPUExecutionProvider"]
 
 
+#: SHA-256s computed in this process, by (resolved path, size, modification time in ns).
+_SHA256_CACHE: dict[tuple[str, int, int], str] = {}
+
+
 def sha256_of(path: str | Path) -> str:
-    """Hex SHA-256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """Hex SHA-256 of a file (computed once per process while the file's size and modification time stay:
+    a segment run quotes its models' in the worker-cache key and in every summary)."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    digest = _SHA256_CACHE.get(key)
+    if digest is None:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        digest = _SHA256_CACHE[key] = h.hexdigest()
+    return digest
 
 
 def _load_session(path: Path, opts: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:

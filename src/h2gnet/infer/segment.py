@@ -46,7 +46,7 @@ from h2gnet.infer.heatmap import (
     save_heatmap,
     tissue_for,
 )
-from h2gnet.infer.model_card import preset_names
+from h2gnet.infer.model_card import HSV_RULE, preset_names
 from h2gnet.infer.refine_input import REFINE_SIZE, low_resolution, refine
 from h2gnet.infer.runtime import DEVICES, PRECISIONS, OnnxModel, default_threads, sha256_of
 from h2gnet.io.atomic import write_text
@@ -59,9 +59,12 @@ from h2gnet.outputs.mask_tiff import write_mask_tiff
 from h2gnet.outputs.overlay import render_overlay, write_png
 from h2gnet.params import Rule, check_fields, param
 from h2gnet.patches.grid import MIN_TISSUE
-from h2gnet.patches.tissue import tissue_area_mm2
+from h2gnet.patches.tissue import detect_tissue, tissue_area_mm2
 
 OVERLAY_MAX_SIDE = 2048
+#: The consecutive stages of a slide in its summary's ``seconds`` (their sum is ``total``); ``inference`` (time in
+#: the patch model) and ``read_wait`` (the model waiting for patches) are parts of ``heatmap``.
+STAGES = ("tissue", "heatmap", "refinement", "write")
 
 
 @dataclass
@@ -173,9 +176,10 @@ def _thumbnail(low_rgb: np.ndarray) -> np.ndarray:
     return img
 
 
-def segment_slide(slide: Slide | str | Path, out_dir: str | Path, models: Models, cfg: SegmentConfig,
-                  mpp: float | None = None) -> dict:
-    """Segment one slide and write its outputs; returns the summary (also ``NAME.json``)."""
+def segment_slide(slide: Slide | str | Path, out_dir: str | Path, models: Models, cfg: SegmentConfig,  # noqa: PLR0913
+                  mpp: float | None = None, *, tissue: Raster | None = None) -> dict:
+    """Segment one slide and write its outputs; returns the summary (also ``NAME.json``). ``tissue``: the
+    slide's tissue mask when already found (by the rule :func:`tissue_for` would use)."""
 
     out_dir = Path(out_dir)
     if not isinstance(slide, Slide):
@@ -185,7 +189,8 @@ def segment_slide(slide: Slide | str | Path, out_dir: str | Path, models: Models
                                                                      allow=cfg.allow_upsampling)
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    tissue = tissue_for(slide, models.patch)  # h2gnet's HSV rule unless the patch model's card names another
+    if tissue is None:
+        tissue = tissue_for(slide, models.patch)  # h2gnet's HSV rule unless the patch model's card names another
     timings["tissue"] = time.perf_counter() - t
     stats = HeatmapStats()
     heat = None
@@ -255,7 +260,7 @@ def segment_slide(slide: Slide | str | Path, out_dir: str | Path, models: Models
         "seconds": seconds,
         "outputs": {k: p.name for k, p in paths.items()},
     }
-    seconds["total"] = round(sum(v for k, v in timings.items() if k != "inference"), 3)
+    seconds["total"] = round(sum(v for k, v in timings.items() if k in STAGES), 3)
     try:
         write_text(paths["summary"], json.dumps(summary, indent=2))
     except BaseException:
@@ -338,7 +343,9 @@ def model_key(cfg: SegmentConfig) -> tuple:
 def segment_task(cache: dict, slide: str, mpp: float | None, out_dir: str, cfg: SegmentConfig,
                  key: tuple) -> tuple[str, dict]:
     """One slide of :func:`segment_many`, where it runs (here or a Dask worker): models come from
-    ``cache`` under ``key`` (loaded once per process); a slide an earlier attempt finished is done."""
+    ``cache`` under ``key`` (loaded once per process); a slide an earlier attempt finished is done. A slide
+    opened and its tissue found while the models loaded (:func:`segment_many`) is taken from ``cache``."""
+    prefetched = cache.pop(("prefetched", slide), None)
     summary = slide_outputs(out_dir, Path(slide).stem).summary
     if slide_done(out_dir, Path(slide).stem):
         return "done", json.loads(summary.read_text(encoding="utf-8"))
@@ -348,7 +355,27 @@ def segment_task(cache: dict, slide: str, mpp: float | None, out_dir: str, cfg: 
     models = cache.get((key, cfg.threads))
     if models is None:
         models = cache[(key, cfg.threads)] = Models.load(cfg)
+    if prefetched is not None and uses_default_tissue(models.patch):
+        opened, tissue = prefetched
+        return "done", segment_slide(opened, out_dir, models, cfg, mpp, tissue=tissue)
     return "done", segment_slide(slide, out_dir, models, cfg, mpp)
+
+
+def uses_default_tissue(model: OnnxModel | None) -> bool:
+    """Whether :func:`~h2gnet.infer.heatmap.tissue_for` finds ``model``'s tissue with h2gnet's HSV rule
+    (its card names no other rule)."""
+    rule = model.card.tissue if model is not None and model.card is not None else None
+    return rule is None or rule.method == HSV_RULE
+
+
+def _prefetch_tissue(path: Path, mpp: float | None) -> tuple[Slide, Raster] | None:
+    """``path`` opened and its tissue found with h2gnet's HSV rule, or None when either fails (the slide's
+    task then meets the same problem and reports it)."""
+    try:
+        slide = open_slide(path, mpp)
+        return slide, detect_tissue(slide)
+    except Exception:  # noqa: BLE001 - reported by the slide's own task
+        return None
 
 
 def segment_many(inputs: list[str], out_dir: str | Path, cfg: SegmentConfig, mpp: float | None = None,
@@ -357,20 +384,29 @@ def segment_many(inputs: list[str], out_dir: str | Path, cfg: SegmentConfig, mpp
 
     One task per slide on ``engine`` (default: in this process). Returns the status table (slide →
     {status, seconds, error}); ``status.csv`` is rewritten as each slide ends, so an interrupted run
-    shows where it stopped.
+    shows where it stopped. In this process, the first slide to do is opened and its tissue found while the
+    models load (used when the patch model's card names no other tissue rule).
     """
     out_dir = Path(out_dir)
     slides = expand_inputs(inputs)
     check_writable(out_dir)
-    models = Models.load(cfg)  # a bad model is an error before any slide
+    engine = engine or Engine()
+    with ThreadPoolExecutor(1) as pool:  # ONNX Runtime builds the sessions while this thread finds tissue
+        loading = pool.submit(Models.load, cfg)  # a bad model is an error before any slide
+        todo = [(p, m) for p, m in slides if overwrite or not slide_done(out_dir, p.stem)]
+        prefetched = None
+        if todo and not engine.distributed and cfg.preset is None and cfg.patch_model is not None:
+            prefetched = _prefetch_tissue(todo[0][0], todo[0][1] or mpp)
+        models = loading.result()
     message = refiner_warning(models.refine)
     if message is not None:
         warnings.warn(message, UserWarning, stacklevel=2)
-    engine = engine or Engine()
     engine.check_output_folder(out_dir)
     key = model_key(cfg)
     if not engine.distributed:
         engine.cache.setdefault((key, cfg.threads), models)
+        if prefetched is not None:
+            engine.cache[("prefetched", str(todo[0][0]))] = prefetched
     with folder_lock(out_dir, "segment"):
         status = StatusTable(out_dir / STATUS_FILE)
         tasks = []
@@ -390,6 +426,11 @@ def segment_many(inputs: list[str], out_dir: str | Path, cfg: SegmentConfig, mpp
             out = str(out_dir.resolve() if engine.distributed else out_dir)
             tasks.append(SlideTask(str(path), (str(where), slide_mpp or mpp, out, cfg, key),
                                    tuple(str(p) for p in outputs.as_dict().values())))
-        engine.run(segment_task, tasks, desc="segment", progress=cfg.progress,
-                   on_end=lambda o: status.record(o.key, o.status, o.seconds, o.error))
+        try:
+            engine.run(segment_task, tasks, desc="segment", progress=cfg.progress,
+                       on_end=lambda o: status.record(o.key, o.status, o.seconds, o.error))
+        finally:
+            left = engine.cache.pop(("prefetched", str(todo[0][0])), None) if prefetched is not None else None
+            if left is not None:  # not taken (the slide failed before its task): close it now
+                left[0].close()
     return {str(p): status.rows[str(p)] for p, _ in slides}

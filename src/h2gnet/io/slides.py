@@ -17,8 +17,10 @@ slide with its own handle.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -326,6 +328,28 @@ class Slide:
                 loc = (int(location[0] + round(tx * d)), int(location[1] + round(ty * d)))
                 out[ty : ty + th, tx : tx + tw] = self._read_small(loc, tw, th, mpp, level, scale)
         return out
+
+    def tile_counts(self) -> dict[str, int] | None:
+        """Tiles decoded and tile reads served from the cache so far by the direct TIFF decoder (None when the
+        slide is read by OpenSlide alone): what a heatmap's patch order costs in decoding."""
+        if self._tiles is None:
+            return None
+        return {"decoded": self._tiles.decodes, "cache_hits": self._tiles.hits}
+
+    @contextlib.contextmanager
+    def tile_cache(self, budget: int | None) -> Iterator[None]:
+        """Within the ``with`` block the direct TIFF decoder keeps up to ``budget`` bytes of decoded tiles
+        (None, or a slide OpenSlide reads alone: no change); its default budget afterwards."""
+        if budget is None or self._tiles is None:
+            yield
+            return
+        before = self._tiles.cache_bytes
+        self._tiles.cache_bytes = max(before, int(budget))
+        try:
+            yield
+        finally:
+            self._tiles.cache_bytes = before
+            self._tiles.trim()
 
     def read_whole(self, mpp: float) -> np.ndarray:
         """The whole slide as RGB uint8 (rows, cols, 3) at ``mpp`` µm/px (read tile by tile)."""

@@ -66,6 +66,9 @@ class TiffTiles:
         self._cache: OrderedDict[tuple[int, int], np.ndarray | None] = OrderedDict()
         self._cached_bytes = 0
         self._lock = threading.Lock()
+        self.cache_bytes = CACHE_BYTES  # the cache's budget (a heatmap may raise it for its run)
+        self.hits = 0  # tile reads served from the cache
+        self.decodes = 0  # tiles decoded (cache misses)
         self._pages: dict[int, _Page] = {}
         props = handle.properties
         with tifffile.TiffFile(str(path)) as tif:  # parsed once; tiles are read with os.pread
@@ -126,16 +129,27 @@ class TiffTiles:
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
+                self.hits += 1
                 return self._cache[key]
         arr = self._decode(page, tile)  # outside the lock: threads decode in parallel
         with self._lock:
+            self.decodes += 1
             if key not in self._cache:
                 self._cache[key] = arr
                 self._cached_bytes += 0 if arr is None else arr.nbytes
-                while self._cached_bytes > CACHE_BYTES and len(self._cache) > 1:
-                    _, old = self._cache.popitem(last=False)
-                    self._cached_bytes -= 0 if old is None else old.nbytes
+                self._evict()
         return arr
+
+    def _evict(self) -> None:
+        """Drop the least recently used tiles until the cache is within its budget (lock held)."""
+        while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._cached_bytes -= 0 if old is None else old.nbytes
+
+    def trim(self) -> None:
+        """Evict down to :attr:`cache_bytes` now (after the budget was lowered)."""
+        with self._lock:
+            self._evict()
 
     def read(self, level: int, x: int, y: int, width: int, height: int, background: np.ndarray) -> np.ndarray:
         """RGB uint8 (height, width, 3) of the level's pixels from (``x``, ``y``) in *level* pixels;

@@ -15,10 +15,30 @@ Public API::
     tumour_geojson(spec) -> dict
 """
 
-from h2gnet.synth.annotation import geojson_text, tumour_geojson
-from h2gnet.synth.cohort import CohortConfig, make_cohort, plan_cohort
-from h2gnet.synth.slide import render_slide
-from h2gnet.synth.spec import SlideSpec, make_slide_spec
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from h2gnet.synth.annotation import geojson_text, tumour_geojson
+    from h2gnet.synth.cohort import CohortConfig, make_cohort, plan_cohort
+    from h2gnet.synth.slide import render_slide
+    from h2gnet.synth.spec import SlideSpec, make_slide_spec
+
+#: Where each public name lives: imported on first use, so that commands which render nothing (``segment``)
+#: do not pay for the renderer's imports.
+_HOME = {"geojson_text": "annotation", "tumour_geojson": "annotation", "CohortConfig": "cohort",
+         "make_cohort": "cohort", "plan_cohort": "cohort", "render_slide": "slide", "SlideSpec": "spec",
+         "make_slide_spec": "spec"}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'h2gnet.synth' has no attribute {name!r}")
+    value = getattr(import_module(f"h2gnet.synth.{home}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CohortConfig",

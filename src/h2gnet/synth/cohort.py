@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from h2gnet.errors import H2GNetError
 from h2gnet.io.atomic import write_text
@@ -41,7 +40,6 @@ from h2gnet.io.manifest import SlideEntry, write_manifest
 from h2gnet.params import ParameterError, Rule, check_fields, param
 from h2gnet.synth.annotation import geojson_text
 from h2gnet.synth.noise import sub_seed
-from h2gnet.synth.slide import render_slide
 from h2gnet.synth.spec import MIN_SIDE, MPP_RANGE, make_slide_spec, validate_geometry
 from h2gnet.synth.style import STAIN_SET_RULE
 
@@ -205,6 +203,8 @@ def render_cohort_slide(out_dir: Path, item: CohortSlide) -> str:
     """Render one planned slide and its annotation under ``out_dir``; returns its name."""
     spec = make_slide_spec(item.seed, item.grade, item.width, item.height, item.mpp, item.pyramid,
                            stain_set=item.stain_set)
+    from h2gnet.synth.slide import render_slide  # the renderer is imported by the commands that render
+
     render_slide(out_dir / item.slide_path, spec)
     write_text(out_dir / item.annotation_path, geojson_text(spec))
     return item.name
@@ -232,6 +232,8 @@ def make_cohort(out_dir: str | Path, n_slides: int = 24, seed: int = 0, *, width
     (files appear atomically, and rendering is deterministic) are kept, so an
     interrupted run resumes.
     """
+    from tqdm import tqdm
+
     CohortConfig(n_slides, seed, width, height, mpp, val_fraction, test_fraction, stain_set)  # checks every value
     out_dir = Path(out_dir)
     plan = plan_cohort(n_slides, seed, width, height, mpp, val_fraction, test_fraction, stain_set=stain_set)

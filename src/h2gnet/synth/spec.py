@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from scipy.spatial import cKDTree
 
 from h2gnet.errors import H2GNetError
 from h2gnet.synth.fields import (
@@ -362,6 +361,8 @@ def _thin(xy: np.ndarray, radius: np.ndarray, gap: float) -> np.ndarray:
     keep = np.ones(len(xy), bool)
     if len(xy) < 2:
         return keep
+    from scipy.spatial import cKDTree  # imported here: only rendering needs SciPy
+
     pairs = cKDTree(xy).query_pairs(2 * float(radius.max()) + gap, output_type="ndarray")
     if len(pairs) == 0:
         return keep
