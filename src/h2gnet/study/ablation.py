@@ -28,6 +28,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from h2gnet.cohort import Engine
 from h2gnet.conventions import METRICS_FILE, MODEL_FILE, slide_outputs
 from h2gnet.errors import H2GNetError
@@ -108,6 +110,10 @@ def check_config(config: dict, source: str | Path | None = None) -> dict:
     naming it), every value within its parameter's rule, known designs. Returns ``config``."""
     kinds = _section_kinds()
     for key, value in config.items():
+        if key == "caveats":
+            if not isinstance(value, list) or not all(isinstance(c, str) and c.strip() for c in value):
+                raise H2GNetError(source, "caveats must be a list of sentences (what this run leaves out)")
+            continue
         if key == "designs":
             if not isinstance(value, list) or not all(isinstance(d, str) for d in value):
                 raise H2GNetError(source, "designs must be a list of design names")
@@ -116,7 +122,7 @@ def check_config(config: dict, source: str | Path | None = None) -> dict:
                 raise H2GNetError(source, f"unknown design(s) {', '.join(unknown)}; known: {', '.join(DESIGNS)}")
             continue
         if key not in kinds:
-            raise H2GNetError(source, f"unknown section or key {key!r} (known: designs, "
+            raise H2GNetError(source, f"unknown section or key {key!r} (known: designs, caveats, "
                                       f"{', '.join(sorted(kinds))})")
         if not isinstance(value, dict):
             raise H2GNetError(source, f"[{key}] must be a table of settings")
@@ -339,6 +345,32 @@ def evaluate_designs(study: Study, manifest: Path, designs: list[str]) -> list[d
     return rows
 
 
+def refinement_lines(rows: list[dict], designs: list[str], tukey: dict | None) -> str:
+    """One line per refined design run beside Mob-PW: the slides it improved (paired Dice) and Tukey's p."""
+    if "mob-pw" not in designs:
+        return ""
+    base = DESIGNS["mob-pw"][0]
+    by_slide: dict[str, dict[str, float]] = {}
+    for r in rows:
+        by_slide.setdefault(str(r["slide"]), {})[str(r["design"])] = float(r["dice"])
+    out = []
+    for d in designs:
+        label = DESIGNS[d][0]
+        if DESIGNS[d][1] != "refined":
+            continue
+        pairs = [(v[label], v[base]) for v in by_slide.values() if label in v and base in v]
+        if not pairs:
+            continue
+        gains = np.array([a - b for a, b in pairs])
+        line = (f"{label} against {base}: Dice higher on {int(np.sum(gains > 0))} of {len(pairs)} slides "
+                f"(mean change {gains.mean():+.3f})")
+        if tukey is not None and label in tukey["designs"] and base in tukey["designs"]:
+            i, j = tukey["designs"].index(label), tukey["designs"].index(base)
+            line += f", Tukey p = {tukey['p'][i][j]:.3g}"
+        out.append(line + ".\n")
+    return "".join(out)
+
+
 def write_results(study: Study, rows: list[dict], designs: list[str], timings: dict[str, float]) -> dict:
     """Table 1 (with the paper's numbers beside ours), Table 2, Tukey, box plot, Figure 4, HTML report."""
 
@@ -364,6 +396,13 @@ def write_results(study: Study, rows: list[dict], designs: list[str], timings: d
     given = study.section("cohort").get("manifest")  # a cohort of its own (real slides), else the phantom one
     cohort = "Phantom test slides" if given is None else f"Test slides of {Path(given).name}"
     table1 = "\n".join(lines) + f"\n\n{cohort}: n = {n_test}. Paper: BCS-1 cohort, 90 test WSIs.\n"
+    dice = values_by_design(rows)
+    deep = {k: v for k, v in dice.items() if k != DESIGNS["otsu"][0]}
+    tukey = write_tukey(res, deep)
+    table1 += refinement_lines(rows, designs, tukey)
+    caveats = study.config.get("caveats", [])
+    if caveats:
+        table1 += "\nLeft out of this run (its time budget):\n" + "".join(f"- {c}\n" for c in caveats)
     write_text(res / "table1.md", table1)
     write_text(res / "table1.csv", "\n".join(csv_lines) + "\n")
     grades = sorted({str(r["grade"]) for r in rows if r["grade"] != ""})
@@ -373,9 +412,6 @@ def write_results(study: Study, rows: list[dict], designs: list[str], timings: d
         t2.append(f"| {label} | " + " | ".join(format_mean_std(groups[g]["dice"]) if g in groups else "–"
                                                 for g in grades) + " |")
     write_text(res / "table2.md", "\n".join(t2) + "\n")
-    dice = values_by_design(rows)
-    deep = {k: v for k, v in dice.items() if k != DESIGNS["otsu"][0]}
-    tukey = write_tukey(res, deep)
     try:
         boxplot_png({k: dice[k] for k in labels}, res / "dice_boxplot.png", title="Per-slide Dice (test split)")
         refined = [d for d in designs if DESIGNS[d][1] == "refined"]

@@ -43,11 +43,15 @@ def _img_tag(path: Path, alt: str, width: str = "100%", max_side: int | None = N
 
 
 def markdown_table_to_html(md: str) -> str:
-    """The pipe tables of our own Markdown output as HTML (other lines become paragraphs)."""
+    """The pipe tables and ``- `` lists of our own Markdown output as HTML (other lines become paragraphs)."""
     out: list[str] = []
     rows: list[list[str]] = []
+    items: list[str] = []
 
     def flush() -> None:
+        if items:
+            out.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
+            items.clear()
         if rows:
             head, body = rows[0], [r for r in rows[1:] if not set("".join(r)) <= set("-: ")]
             out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr></thead>"
@@ -58,6 +62,8 @@ def markdown_table_to_html(md: str) -> str:
     for line in md.splitlines():
         if line.startswith("|"):
             rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif line.startswith("- "):
+            items.append(line[2:].strip())
         else:
             flush()
             if line.strip():
