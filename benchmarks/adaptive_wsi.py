@@ -143,7 +143,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def final_mask(folder: Path, slide: Path, extent: tuple[int, int], slide_mpp: float) -> np.ndarray:
-    from h2gnet.evaluation.predictions import load_mask_tiff
+    from h2gnet.outputs.mask_tiff import load_mask_tiff
 
     return load_mask_tiff(folder / f"{slide.stem}.mask.tiff", slide_mpp).to_mpp(EVAL_MPP, extent).array
 

@@ -59,11 +59,11 @@ def h2gnet_outputs(slide_path: Path, args: argparse.Namespace) -> tuple[dict, Pa
 
 def main() -> int:
     from h2gnet.conventions import HEATMAP_SUFFIX
-    from h2gnet.evaluation.predictions import load_mask_tiff
     from h2gnet.fast.fpl import export_fast
     from h2gnet.fast.runner import mask_dice, run_fast_pipeline, segmentation_raster
     from h2gnet.infer.heatmap import load_heatmap
     from h2gnet.io.slides import open_slide
+    from h2gnet.outputs.mask_tiff import load_mask_tiff
     from h2gnet.patches.tissue import detect_tissue
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from h2gnet.evaluation.patch_accuracy import evaluate_patch_model
-from h2gnet.evaluation.predictions import evaluate_predictions, load_mask_tiff
+from h2gnet.evaluation.predictions import evaluate_predictions
 from h2gnet.infer.quantize import QuantizeConfig, quantize_patch_model
 from h2gnet.infer.runtime import OnnxModel, openvino_available
 from h2gnet.infer.segment import SegmentConfig, segment_many
 from h2gnet.io.manifest import read_manifest, select
+from h2gnet.outputs.mask_tiff import load_mask_tiff
 from h2gnet.patches.sampling import load_indexes
 
 

@@ -334,7 +334,7 @@ def model_only(patch: Path, n: int, args: argparse.Namespace) -> float:
 
 def final_mask(folder: Path, slide: Path) -> np.ndarray:
     """``segment``'s final mask of ``slide`` in ``folder`` at :data:`EVAL_MPP`."""
-    from h2gnet.evaluation.predictions import load_mask_tiff
+    from h2gnet.outputs.mask_tiff import load_mask_tiff
 
     summary = json.loads((folder / f"{slide.stem}.json").read_text())
     mask = load_mask_tiff(folder / f"{slide.stem}.mask.tiff", float(summary["slide_mpp"]))

@@ -28,10 +28,10 @@ from h2gnet.infer.adaptive import AdaptiveConfig, adaptive_values
 from h2gnet.infer.model_card import HSV_RULE, ModelCard
 from h2gnet.infer.runtime import OnnxModel, check_probabilities
 from h2gnet.io.atomic import atomic_path
-from h2gnet.io.canvas import check_canvas
 from h2gnet.io.lock import folder_lock
 from h2gnet.io.raster import Raster
 from h2gnet.io.slides import Slide, open_slide
+from h2gnet.io.tiff import read_tiff_page
 from h2gnet.params import Rule, check_fields, param
 from h2gnet.patches.grid import MIN_TISSUE, PatchGrid, cell_fractions, fast_cell_fractions
 from h2gnet.patches.tissue import FAST_MAX_LEVEL_SIDE, detect_tissue, detect_tissue_rgb_distance
@@ -385,22 +385,11 @@ def save_heatmap(path: str | Path, heatmap: Raster, extent_l0: tuple[int, int], 
 
 def load_heatmap(path: str | Path) -> tuple[Raster, tuple[int, int]]:
     """(heatmap raster, slide extent in level-0 px) from :func:`save_heatmap`'s file."""
-    import tifffile
-
     path = Path(path)
     if not path.exists():
         raise H2GNetError(path, "no such heatmap file")
-    try:
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            assert isinstance(page, tifffile.TiffPage)  # the first page is never a frame
-            meta = json.loads(page.description)
-            check_canvas(page.shape, 4, path, "the heatmap")
-            arr = page.asarray()
-    except H2GNetError:
-        raise
-    except Exception as exc:  # tifffile/json raise many types for bad files
-        raise H2GNetError(path, f"is not an h2gnet heatmap ({type(exc).__name__})") from None
+    page = read_tiff_page(path, "the heatmap", 4, "is not an h2gnet heatmap ({error})", description=json.loads)
+    meta, arr = page.description, page.array
     if not isinstance(meta, dict) or meta.get("h2gnet_kind") != "heatmap":
         raise H2GNetError(path, "is not an h2gnet heatmap")
     try:

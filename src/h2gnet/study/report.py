@@ -13,12 +13,12 @@ import numpy as np
 
 from h2gnet import __version__
 from h2gnet.conventions import HEATMAP_SUFFIX, slide_outputs
-from h2gnet.evaluation.predictions import load_mask_tiff
 from h2gnet.infer.heatmap import load_heatmap
 from h2gnet.io.annotations import load_annotation
 from h2gnet.io.atomic import atomic_path, write_text
 from h2gnet.io.manifest import SlideEntry
 from h2gnet.io.slides import open_slide
+from h2gnet.outputs.mask_tiff import load_mask_tiff
 
 MAX_SLIDES_IN_FIGURE = 4
 
