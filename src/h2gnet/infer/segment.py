@@ -204,8 +204,7 @@ def segment_slide(slide: Slide | str | Path, out_dir: str | Path, models: Models
             if cached is not None and cached.is_file():
                 heat = load_slide_heatmap(cached, slide)
             else:
-                heat = compute_heatmap(slide, models.patch, tissue, cfg.min_tissue, cfg.batch_size, cfg.readers,
-                                       progress=cfg.progress, stats=stats, adaptive=cfg.adaptive)
+                heat = compute_heatmap(slide, models.patch, tissue, cfg.heatmap(), progress=cfg.progress, stats=stats)
             timings.update(stats.seconds)
         t = time.perf_counter()
         low = low_future.result()
