@@ -67,9 +67,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
     cfg = CohortConfig(args.slides, args.seed, args.width, args.height, args.mpp, args.val_fraction,
                        args.test_fraction, args.stain_set)
-    manifest = make_cohort(args.out_dir, n_slides=cfg.slides, seed=cfg.seed, width=cfg.width, height=cfg.height,
-                           mpp=cfg.mpp, progress=not args.quiet, val_fraction=cfg.val_fraction,
-                           test_fraction=cfg.test_fraction, stain_set=cfg.stain_set)
+    manifest = make_cohort(args.out_dir, cfg, progress=not args.quiet)
     print(f"phantom cohort ({cfg.stain_set} stains): {manifest}")
     return 0
 

@@ -210,10 +210,7 @@ def step_cohort(study: Study) -> Path:
     if not manifest.exists():
         cohort = study.cohort()
         _log(study, f"phantom cohort: {cohort.slides} slides, seed {cohort.seed}, {cohort.stain_set} stains")
-        make_cohort(study.out / "cohort", n_slides=cohort.slides, seed=cohort.seed, width=cohort.width,
-                    height=cohort.height, mpp=cohort.mpp, progress=study.progress,
-                    val_fraction=cohort.val_fraction, test_fraction=cohort.test_fraction,
-                    stain_set=cohort.stain_set)
+        make_cohort(study.out / "cohort", cohort, progress=study.progress)
     return manifest
 
 
