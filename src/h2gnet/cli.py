@@ -37,6 +37,7 @@ from h2gnet.io.text_table import format_rows
 from h2gnet.params import ParameterError, add_param, add_rule_option, config_from_args, default_of, rule_of
 from h2gnet.patches.grid import PATCH_MPP_RULE, PATCH_SIZE, PATCH_SIZE_RULE, index_cohort
 from h2gnet.patches.tissue import detect_tissue, otsu_tissue, tissue_area_mm2
+from h2gnet.study.layout import StudyLayout
 from h2gnet.synth import CohortConfig, make_cohort
 from h2gnet.train.config import ClusterConfig, PatchTrainConfig, RefineTrainConfig
 from h2gnet.view.config import ViewConfig
@@ -538,10 +539,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _report_study(result: dict, out: Path) -> int:
-    results = Path(out) / "results"
+    layout = StudyLayout(Path(out))
     print()
-    print((results / "table1.md").read_text())
-    print(f"wall time {result['timings'].get('total', float('nan')):.0f} s; report: {results / 'report.html'}")
+    print(layout.table1.read_text())
+    print(f"wall time {result['timings'].get('total', float('nan')):.0f} s; report: {layout.report}")
     return 0
 
 
