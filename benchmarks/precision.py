@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from h2gnet.conventions import slide_outputs
 from h2gnet.evaluation.patch_accuracy import evaluate_patch_model
 from h2gnet.evaluation.predictions import evaluate_predictions
 from h2gnet.infer.quantize import QuantizeConfig, quantize_patch_model
@@ -85,8 +86,8 @@ def main() -> None:
     for name in results:
         agreement = []
         for e in tests:
-            a = load_mask_tiff(ref_dir / f"{e.key}.mask.tiff", 1.0).array
-            b = load_mask_tiff(out / name / f"{e.key}.mask.tiff", 1.0).array
+            a = load_mask_tiff(slide_outputs(ref_dir, e.key).mask, 1.0).array
+            b = load_mask_tiff(slide_outputs(out / name, e.key).mask, 1.0).array
             agreement.append(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
         results[name]["dice_vs_fp32"] = float(np.mean(agreement))
     base = results["onnxruntime-fp32"]

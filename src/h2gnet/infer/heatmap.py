@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from h2gnet.cohort import Engine, SlideTask, StatusTable, slide_threads
-from h2gnet.conventions import HEATMAP_SUFFIX, STATUS_FILE
+from h2gnet.conventions import STATUS_FILE, slide_outputs
 from h2gnet.errors import H2GNetError
 from h2gnet.infer.adaptive import AdaptiveConfig, adaptive_values
 from h2gnet.infer.model_card import HSV_RULE, ModelCard
@@ -375,7 +375,7 @@ def heatmap_cohort(entries: list, out_dir: str | Path, model: OnnxModel, *, over
         status = StatusTable(out_dir / STATUS_FILE)
         tasks = []
         for e in entries:
-            target = out_dir / f"{e.key}{HEATMAP_SUFFIX}"
+            target = slide_outputs(out_dir, e.key).heatmap
             if target.is_file() and not overwrite:
                 continue
             if target.is_dir():
