@@ -167,7 +167,7 @@ def compute_heatmap(slide: Slide, model: OnnxModel, tissue: Raster,  # noqa: PLR
     """Tumour-probability heatmap (float32, one pixel per patch; 0 where no tissue patch is).
 
     ``settings``: the patches' ``min_tissue`` (a model card's tissue rule replaces it), ``batch_size``,
-    ``readers`` and ``adaptive`` (its upsampling limits are the caller's, :func:`check_upsampling`).
+    ``readers`` and ``adaptive``; its upsampling limits are the caller's to check (:func:`check_upsampling`).
     ``adaptive`` None classifies every tissue patch (dense); otherwise only the patches the coarse-to-fine
     evaluation picks are read and classified, the others filled from them (:mod:`h2gnet.infer.adaptive`).
     An adaptive run reads each round's patches in :data:`ADAPTIVE_READ_ORDER` on one pool of reader threads,
