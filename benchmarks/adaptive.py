@@ -42,7 +42,6 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def main() -> None:
     from h2gnet.conventions import slide_outputs
-    from h2gnet.evaluation.predictions import load_mask_tiff
     from h2gnet.infer.adaptive import AdaptiveConfig
     from h2gnet.infer.heatmap import load_heatmap
     from h2gnet.infer.segment import Models, SegmentConfig, segment_slide
@@ -51,6 +50,7 @@ def main() -> None:
     from h2gnet.io.manifest import read_manifest, select
     from h2gnet.io.raster import Raster
     from h2gnet.io.slides import open_slide
+    from h2gnet.outputs.mask_tiff import load_mask_tiff
     from h2gnet.params import default_of
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -55,8 +55,8 @@ def run_variant(slide_path: Path, model, tissue, variant: str, args: argparse.Na
     try:
         with open_slide(slide_path) as slide:
             t0, c0 = time.perf_counter(), time.process_time()
-            heat = hm.compute_heatmap(slide, model, tissue, batch_size=args.batch_size, readers=args.readers,
-                                      progress=False, stats=stats, adaptive=cfg)
+            settings = hm.HeatmapSettings(batch_size=args.batch_size, readers=args.readers, adaptive=cfg)
+            heat = hm.compute_heatmap(slide, model, tissue, settings, progress=False, stats=stats)
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
         hm.ADAPTIVE_READ_ORDER, hm.ADAPTIVE_TILE_CACHE_MB = saved

@@ -104,6 +104,8 @@ MODES = {"dense": ["--dense"], "adaptive": ["--adaptive"],
 def run_segment(slide: Path, patch: Path, refine: Path, out: Path, mode: str, args: argparse.Namespace) -> dict:
     """``h2gnet segment`` with the options of :data:`MODES` ``[mode]`` in a child process: its summary, wall and
     CPU seconds, its own peak RSS."""
+    from h2gnet.conventions import slide_outputs
+
     cmd = [sys.executable, "-m", "h2gnet.cli", "-q", "segment", str(slide), "--patch-model", str(patch),
            "--refine-model", str(refine), "-o", str(out), "--overwrite", "--device", args.device,
            "--batch-size", str(args.batch_size), "--readers", str(args.readers), *MODES[mode]]
@@ -116,7 +118,7 @@ def run_segment(slide: Path, patch: Path, refine: Path, out: Path, mode: str, ar
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise SystemExit(f"segment --{mode} failed with exit status {proc.returncode}")
-    summary = json.loads((out / f"{slide.stem}.json").read_text())
+    summary = json.loads(slide_outputs(out, slide.stem).summary.read_text())
     summary.update(wall=wall, cpu=usage.ru_utime + usage.ru_stime, peak_rss_mb=usage.ru_maxrss / 1024)
     return summary
 
@@ -143,9 +145,10 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def final_mask(folder: Path, slide: Path, extent: tuple[int, int], slide_mpp: float) -> np.ndarray:
-    from h2gnet.evaluation.predictions import load_mask_tiff
+    from h2gnet.conventions import slide_outputs
+    from h2gnet.outputs.mask_tiff import load_mask_tiff
 
-    return load_mask_tiff(folder / f"{slide.stem}.mask.tiff", slide_mpp).to_mpp(EVAL_MPP, extent).array
+    return load_mask_tiff(slide_outputs(folder, slide.stem).mask, slide_mpp).to_mpp(EVAL_MPP, extent).array
 
 
 def run_fast(slide: Path, patch: Path, refine: Path, cache: Path, engine: str = "default") -> dict | None:

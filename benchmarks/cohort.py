@@ -97,11 +97,11 @@ def main() -> None:
         raise SystemExit("--slides: at least 8")
 
     from h2gnet.cohort.engine import visible_cores
-    from h2gnet.synth import make_cohort
+    from h2gnet.synth import CohortConfig, make_cohort
 
     args.cache.mkdir(parents=True, exist_ok=True)
-    manifest = make_cohort(args.cache / "cohort", n_slides=args.slides, seed=3, width=args.width,
-                           height=args.height, mpp=0.5, progress=False)
+    manifest = make_cohort(args.cache / "cohort", CohortConfig(slides=args.slides, seed=3, width=args.width,
+                                                               height=args.height, mpp=0.5), progress=False)
     slides = sorted(str(p) for p in (manifest.parent / "slides").glob("*.tiff"))[: args.slides]
     model = make_model(args.cache, [Path(s) for s in slides])
     print(f"{len(slides)} slides of {args.width}x{args.height} px at 0.5 µm/px, {visible_cores()} cores, "

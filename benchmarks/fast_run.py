@@ -47,10 +47,11 @@ def warmup_slide(folder: Path) -> Path:
 
 def h2gnet_outputs(slide_path: Path, args: argparse.Namespace) -> tuple[dict, Path]:
     """(summary, output folder) of ``h2gnet segment`` on the slide, run here unless already done."""
+    from h2gnet.conventions import slide_outputs
     from h2gnet.infer.segment import Models, SegmentConfig, segment_slide
 
     folder = args.h2gnet_out or args.out / "h2gnet"
-    summary = folder / f"{slide_path.stem}.json"
+    summary = slide_outputs(folder, slide_path.stem).summary
     if summary.exists():
         return json.loads(summary.read_text()), folder
     cfg = SegmentConfig(patch_model=args.patch_model, refine_model=args.refine_model, progress=False)
@@ -58,12 +59,12 @@ def h2gnet_outputs(slide_path: Path, args: argparse.Namespace) -> tuple[dict, Pa
 
 
 def main() -> int:
-    from h2gnet.conventions import HEATMAP_SUFFIX
-    from h2gnet.evaluation.predictions import load_mask_tiff
+    from h2gnet.conventions import slide_outputs
     from h2gnet.fast.fpl import export_fast
     from h2gnet.fast.runner import mask_dice, run_fast_pipeline, segmentation_raster
     from h2gnet.infer.heatmap import load_heatmap
     from h2gnet.io.slides import open_slide
+    from h2gnet.outputs.mask_tiff import load_mask_tiff
     from h2gnet.patches.tissue import detect_tissue
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -98,8 +99,9 @@ def main() -> int:
 
     slide_mpp = float(summary["slide_mpp"])
     extent = tuple(summary["dimensions_l0"])
-    ours_mask = load_mask_tiff(folder / f"{args.slide.stem}.mask.tiff", slide_mpp)
-    ours_heat, _ = load_heatmap(folder / f"{args.slide.stem}{HEATMAP_SUFFIX}")
+    ours = slide_outputs(folder, args.slide.stem)
+    ours_mask = load_mask_tiff(ours.mask, slide_mpp)
+    ours_heat, _ = load_heatmap(ours.heatmap)
     fast_heat = fast.heatmap
     rows, cols = min(fast_heat.shape[0], ours_heat.shape[0]), min(fast_heat.shape[1], ours_heat.shape[1])
     a, b = fast_heat[:rows, :cols], ours_heat.array[:rows, :cols]

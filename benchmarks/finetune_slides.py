@@ -81,7 +81,7 @@ def prepare(out: Path, cfg: dict) -> tuple[Path, Path, Path]:
     target index)."""
     from h2gnet.patches.grid import index_cohort
     from h2gnet.study.ablation import check_config, run_study
-    from h2gnet.synth import make_cohort
+    from h2gnet.synth import CohortConfig, make_cohort
 
     ref = out / "reference"
     if not (ref / "results" / "results.json").exists():
@@ -92,8 +92,9 @@ def prepare(out: Path, cfg: dict) -> tuple[Path, Path, Path]:
     if not manifest.exists():
         t = cfg["target"]
         log(f"target cohort: {t['slides']} slides, {t['stain_set']} stains")
-        make_cohort(target / "cohort", n_slides=t["slides"], seed=t["seed"], mpp=t["mpp"], progress=False,
-                    val_fraction=t["val_fraction"], test_fraction=t["test_fraction"], stain_set=t["stain_set"])
+        make_cohort(target / "cohort", CohortConfig(slides=t["slides"], seed=t["seed"], mpp=t["mpp"],
+                                                    val_fraction=t["val_fraction"], test_fraction=t["test_fraction"],
+                                                    stain_set=t["stain_set"]), progress=False)
     index = target / "index"
     _, failures = index_cohort(read_manifest(manifest), index, progress=False)
     if failures:

@@ -22,12 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
+from h2gnet.conventions import slide_outputs
 from h2gnet.evaluation.patch_accuracy import evaluate_patch_model
-from h2gnet.evaluation.predictions import evaluate_predictions, load_mask_tiff
+from h2gnet.evaluation.predictions import evaluate_predictions
 from h2gnet.infer.quantize import QuantizeConfig, quantize_patch_model
 from h2gnet.infer.runtime import OnnxModel, openvino_available
 from h2gnet.infer.segment import SegmentConfig, segment_many
 from h2gnet.io.manifest import read_manifest, select
+from h2gnet.outputs.mask_tiff import load_mask_tiff
 from h2gnet.patches.sampling import load_indexes
 
 
@@ -84,8 +86,8 @@ def main() -> None:
     for name in results:
         agreement = []
         for e in tests:
-            a = load_mask_tiff(ref_dir / f"{e.key}.mask.tiff", 1.0).array
-            b = load_mask_tiff(out / name / f"{e.key}.mask.tiff", 1.0).array
+            a = load_mask_tiff(slide_outputs(ref_dir, e.key).mask, 1.0).array
+            b = load_mask_tiff(slide_outputs(out / name, e.key).mask, 1.0).array
             agreement.append(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
         results[name]["dice_vs_fp32"] = float(np.mean(agreement))
     base = results["onnxruntime-fp32"]

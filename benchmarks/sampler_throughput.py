@@ -25,9 +25,9 @@ from h2gnet.train.dataset import patch_stream
 def cohort(root: Path) -> tuple[Path, Path]:
     manifest = root / "cohort" / "manifest.csv"
     if not manifest.exists():
-        from h2gnet.synth import make_cohort
+        from h2gnet.synth import CohortConfig, make_cohort
 
-        make_cohort(root / "cohort", n_slides=6, seed=1)
+        make_cohort(root / "cohort", CohortConfig(slides=6, seed=1))
     index_cohort(read_manifest(manifest), root / "index", progress=False)
     return manifest, root / "index"
 

@@ -334,10 +334,12 @@ def model_only(patch: Path, n: int, args: argparse.Namespace) -> float:
 
 def final_mask(folder: Path, slide: Path) -> np.ndarray:
     """``segment``'s final mask of ``slide`` in ``folder`` at :data:`EVAL_MPP`."""
-    from h2gnet.evaluation.predictions import load_mask_tiff
+    from h2gnet.conventions import slide_outputs
+    from h2gnet.outputs.mask_tiff import load_mask_tiff
 
-    summary = json.loads((folder / f"{slide.stem}.json").read_text())
-    mask = load_mask_tiff(folder / f"{slide.stem}.mask.tiff", float(summary["slide_mpp"]))
+    outputs = slide_outputs(folder, slide.stem)
+    summary = json.loads(outputs.summary.read_text())
+    mask = load_mask_tiff(outputs.mask, float(summary["slide_mpp"]))
     return mask.to_mpp(EVAL_MPP, tuple(summary["dimensions_l0"])).array
 
 
@@ -345,10 +347,11 @@ def patchwise_mask(folder: Path, slide: Path) -> np.ndarray:
     """The patch-wise mask (heatmap > 0.5) of ``segment``'s heatmap of ``slide`` in ``folder`` at
     :data:`EVAL_MPP`: the adaptive evaluation's own result, before the refiner (whose random weights in
     this benchmark would hide differences)."""
+    from h2gnet.conventions import slide_outputs
     from h2gnet.infer.heatmap import load_heatmap
     from h2gnet.io.raster import Raster
 
-    heat, extent = load_heatmap(folder / f"{slide.stem}.heatmap.tiff")
+    heat, extent = load_heatmap(slide_outputs(folder, slide.stem).heatmap)
     return Raster(heat.array > 0.5, heat.mpp, heat.slide_mpp).to_mpp(EVAL_MPP, extent).array
 
 

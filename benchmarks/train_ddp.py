@@ -34,10 +34,11 @@ def make_cohort(cache: Path) -> tuple[Path, Path]:
     """A 6-slide phantom cohort (6000 × 4500 px at 0.5 µm/px) and its patch index, made once."""
     from h2gnet.io.manifest import read_manifest
     from h2gnet.patches.grid import index_cohort
+    from h2gnet.synth import CohortConfig
     from h2gnet.synth import make_cohort as synth
 
-    manifest = synth(cache / "cohort", n_slides=6, seed=5, width=6000, height=4500, mpp=0.5, progress=False,
-                     val_fraction=0.2, test_fraction=0.2)
+    manifest = synth(cache / "cohort", CohortConfig(slides=6, seed=5, width=6000, height=4500, mpp=0.5,
+                                                    val_fraction=0.2, test_fraction=0.2), progress=False)
     index = cache / "index"
     if not index.exists():
         index_cohort(read_manifest(manifest), index, progress=False)

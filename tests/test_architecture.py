@@ -24,8 +24,8 @@ LAYERS = {
 }
 #: Packages that run without PyTorch (the core install).
 TORCH_FREE = ("h2gnet.io", "h2gnet.cohort", "h2gnet.patches", "h2gnet.outputs", "h2gnet.synth", "h2gnet.infer",
-              "h2gnet.evaluation", "h2gnet.fast", "h2gnet.study.report", "h2gnet.study.designs", "h2gnet.cli",
-              "h2gnet.params", "h2gnet.train.config", "h2gnet.view")
+              "h2gnet.evaluation", "h2gnet.fast", "h2gnet.study.report", "h2gnet.study.designs",
+              "h2gnet.study.layout", "h2gnet.cli", "h2gnet.params", "h2gnet.train.config", "h2gnet.view")
 #: Packages that must not import another of their own layer (what they read arrives as files, not as code).
 APART_FROM = {"h2gnet.view": ("h2gnet.train", "h2gnet.fast", "h2gnet.study")}
 

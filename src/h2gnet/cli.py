@@ -34,9 +34,10 @@ from h2gnet.io.lock import folder_lock
 from h2gnet.io.manifest import read_manifest, select
 from h2gnet.io.slides import SLIDE_MPP_RULE, open_slide
 from h2gnet.io.text_table import format_rows
-from h2gnet.params import ParameterError, add_param, add_rule_option, default_of, rule_of
+from h2gnet.params import ParameterError, add_param, add_rule_option, config_from_args, default_of, rule_of
 from h2gnet.patches.grid import PATCH_MPP_RULE, PATCH_SIZE, PATCH_SIZE_RULE, index_cohort
 from h2gnet.patches.tissue import detect_tissue, otsu_tissue, tissue_area_mm2
+from h2gnet.study.layout import StudyLayout
 from h2gnet.synth import CohortConfig, make_cohort
 from h2gnet.train.config import ClusterConfig, PatchTrainConfig, RefineTrainConfig
 from h2gnet.view.config import ViewConfig
@@ -65,11 +66,8 @@ def _option_name(parser: argparse.ArgumentParser, args: argparse.Namespace, name
 # -- foundation ------------------------------------------------------------------------
 def _cmd_synth(args: argparse.Namespace) -> int:
 
-    cfg = CohortConfig(args.slides, args.seed, args.width, args.height, args.mpp, args.val_fraction,
-                       args.test_fraction, args.stain_set)
-    manifest = make_cohort(args.out_dir, n_slides=cfg.slides, seed=cfg.seed, width=cfg.width, height=cfg.height,
-                           mpp=cfg.mpp, progress=not args.quiet, val_fraction=cfg.val_fraction,
-                           test_fraction=cfg.test_fraction, stain_set=cfg.stain_set)
+    cfg = config_from_args(CohortConfig, args)
+    manifest = make_cohort(args.out_dir, cfg, progress=not args.quiet)
     print(f"phantom cohort ({cfg.stain_set} stains): {manifest}")
     return 0
 
@@ -116,13 +114,10 @@ def _cmd_patches(args: argparse.Namespace) -> int:
 
 # -- stage 1 ---------------------------------------------------------------------------
 def _patch_config(args: argparse.Namespace) -> PatchTrainConfig:
-    return PatchTrainConfig(
-        manifest=str(Path(args.manifest).resolve()), index_dir=str(Path(args.index).resolve()), arch=args.arch,
-        weights=args.weights, epochs=args.epochs, steps=args.steps, val_steps=args.val_steps,
-        batch_size=args.batch_size, lr=args.lr, input_size=args.input_size, total_steps=args.total_steps,
+    return config_from_args(
+        PatchTrainConfig, args, manifest=str(Path(args.manifest).resolve()), index_dir=str(Path(args.index).resolve()),
         clusters=str(Path(args.clusters).resolve()) if args.clusters else None, augment=not args.no_augment,
-        workers=args.workers, seed=args.seed, threads=args.threads, progress=not args.quiet,
-        init=_init_arg(args.init), preset=args.preset, freeze_backbone_steps=args.freeze_backbone_steps)
+        progress=not args.quiet, init=_init_arg(args.init))
 
 
 def _init_arg(init: str | None) -> str | None:
@@ -167,9 +162,8 @@ def _cmd_train_patch(args: argparse.Namespace) -> int:
 def _cmd_cluster(args: argparse.Namespace) -> int:
     from h2gnet.train.cluster_guiding import fit_cohort_clustering
 
-    cfg = ClusterConfig(manifest=str(args.manifest), index_dir=str(args.index), k=args.k, batches=args.batches,
-                        batch_size=args.batch_size, variance=args.variance, input_size=args.input_size,
-                        weights=args.weights, workers=args.workers, seed=args.seed, progress=not args.quiet)
+    cfg = config_from_args(ClusterConfig, args, manifest=str(args.manifest), index_dir=str(args.index),
+                           progress=not args.quiet)
     summary = fit_cohort_clustering(args.output, cfg)
     print(f"clustering: k={summary['k']}, {summary['n_components']} principal components "
           f"({summary['explained_variance']:.1%} of variance) -> {args.output}")
@@ -178,8 +172,7 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
 
-    cfg = QuantizeConfig(args.manifest, args.index, patches=args.patches, seed=args.seed,
-                         calibration=args.calibration, float_ends=args.float_ends)
+    cfg = config_from_args(QuantizeConfig, args, index_dir=args.index)
     out = quantize_patch_model(args.model, args.output, cfg)
     print(f"int8 model: {out}")
     return 0
@@ -233,8 +226,7 @@ def _add_stage1(sub: argparse._SubParsersAction) -> None:
 def _adaptive_config(args: argparse.Namespace) -> AdaptiveConfig | None:
     if not args.adaptive:
         return None
-    return AdaptiveConfig(stride=args.stride, radius=args.radius, low=args.uncertain[0], high=args.uncertain[1],
-                          check=args.check)
+    return config_from_args(AdaptiveConfig, args, low=args.uncertain[0], high=args.uncertain[1])
 
 
 def _segment_config(args: argparse.Namespace, refine: Path | None):
@@ -242,12 +234,9 @@ def _segment_config(args: argparse.Namespace, refine: Path | None):
     patch = args.patch_model
     if patch is None and args.preset is not None:
         patch = preset_model(args.preset, "patch-classifier", args.models_dir)
-    return SegmentConfig(patch_model=patch, refine_model=refine, preset=args.preset,
-                         heatmap_dir=getattr(args, "heatmaps", None), device=args.device, precision=args.precision,
-                         threads=args.threads, batch_size=args.batch_size, readers=args.readers,
-                         progress=not args.quiet, adaptive=_adaptive_config(args),
-                         tta=getattr(args, "tta", False), max_upsampling=args.max_upsampling,
-                         allow_upsampling=args.allow_upsampling)
+    return config_from_args(SegmentConfig, args, patch_model=patch, refine_model=refine,
+                            heatmap_dir=getattr(args, "heatmaps", None), progress=not args.quiet,
+                            adaptive=_adaptive_config(args))
 
 
 def _cmd_heatmap(args: argparse.Namespace) -> int:
@@ -271,14 +260,9 @@ def _cmd_heatmap(args: argparse.Namespace) -> int:
 def _cmd_train_refine(args: argparse.Namespace) -> int:
     from h2gnet.train.refiner import train_refiner
 
-    cfg = RefineTrainConfig(manifest=str(Path(args.manifest).resolve()),
-                            heatmaps=str(Path(args.heatmaps).resolve()) if args.heatmaps else None,
-                            arch=args.arch, input_size=args.input_size, epochs=args.epochs,
-                            total_steps=args.total_steps, patience=args.patience,
-                            batch_size=args.batch_size, accumulation=args.accumulation, lr=args.lr,
-                            lr_schedule=args.lr_schedule, augment=not args.no_augment, seed=args.seed,
-                            threads=args.threads, progress=not args.quiet, init=_init_arg(args.init),
-                            preset=args.preset, freeze_backbone_steps=args.freeze_backbone_steps)
+    cfg = config_from_args(RefineTrainConfig, args, manifest=str(Path(args.manifest).resolve()),
+                           heatmaps=str(Path(args.heatmaps).resolve()) if args.heatmaps else None,
+                           augment=not args.no_augment, progress=not args.quiet, init=_init_arg(args.init))
     metrics = train_refiner(args.output, cfg, overwrite=args.overwrite)
     if not _rank_zero():
         return 0
@@ -314,8 +298,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
 
 def _engine(args: argparse.Namespace) -> Engine:
-    return Engine(EngineConfig(workers=args.workers, scheduler=args.scheduler, retries=args.retries,
-                               connect_timeout=args.connect_timeout))
+    return Engine(config_from_args(EngineConfig, args))
 
 
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
@@ -516,9 +499,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     entries = select(read_manifest(args.manifest), None if args.split == "all" else args.split)
     failures: list[str] = []
+    mpp = config_from_args(EvaluateConfig, args).mpp
     with folder_lock(args.output, "evaluate"):  # one evaluation per output folder
         with _engine(args) as engine:
-            rows = evaluate_predictions(entries, args.predictions, EvaluateConfig(args.mpp).mpp, args.design,
+            rows = evaluate_predictions(entries, args.predictions, mpp, args.design,
                                         progress=not args.quiet, engine=engine, failures=failures)
         if not rows and len(failures) == 1:
             raise H2GNetError(None, failures[0])
@@ -555,10 +539,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _report_study(result: dict, out: Path) -> int:
-    results = Path(out) / "results"
+    layout = StudyLayout(Path(out))
     print()
-    print((results / "table1.md").read_text())
-    print(f"wall time {result['timings'].get('total', float('nan')):.0f} s; report: {results / 'report.html'}")
+    print(layout.table1.read_text())
+    print(f"wall time {result['timings'].get('total', float('nan')):.0f} s; report: {layout.report}")
     return 0
 
 
@@ -591,7 +575,7 @@ def _add_evaluation(sub: argparse._SubParsersAction) -> None:
 def _cmd_view(args: argparse.Namespace) -> int:
     from h2gnet.view import load_catalogue
 
-    cfg = ViewConfig(args.host, args.port, args.cache_mb)
+    cfg = config_from_args(ViewConfig, args)
     catalogue = load_catalogue(args.results, args.slides, args.evaluation)
     from h2gnet.view.app import LOOPBACK_NAMES, build_app, is_loopback, serve  # needs the [view] extra
 

@@ -2,8 +2,9 @@
 
 A config dataclass declares each checked field with :func:`param` (its default and its :class:`Rule`) and
 calls :func:`check_fields` in ``__post_init__``. The CLI builds its options from the same fields
-(``add_param``), so defaults and accepted ranges exist once; TOML sections become dataclasses through
-:func:`from_mapping`, which refuses unknown (misspelt) keys.
+(``add_param``), so defaults and accepted ranges exist once, and its configs from the parsed arguments
+(:func:`config_from_args`); TOML sections become dataclasses through :func:`from_mapping`, which refuses
+unknown (misspelt) keys.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import argparse
 import math
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from h2gnet.errors import H2GNetError
+
+Config = TypeVar("Config")
 
 
 class ParameterError(H2GNetError):
@@ -161,6 +164,24 @@ def add_param(parser: argparse._ActionsContainer, cls: type, name: str, *flags: 
         kwargs.setdefault("choices", rule.choices)
     return parser.add_argument(*flags, dest=name, type=rule.parse if rule.choices is None else str,
                                default=default, help=f"{text}{shown}".strip(), **kwargs)
+
+
+def config_from_args(cls: type[Config], args: argparse.Namespace, **given: Any) -> Config:
+    """Config dataclass ``cls`` from parsed command-line ``args``: each field from ``given`` when there, else
+    from the attribute of ``args`` of its name (the option's ``dest``, as :func:`add_param` sets it), else
+    its default. A key of ``given`` that is no field of ``cls``, or a field without a default that neither
+    gives, is a ``TypeError`` naming it (a mistake of the command's code); values are checked by ``cls``."""
+    init = [f for f in fields(cast(type, cls)) if f.init]
+    names = [f.name for f in init]
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field {unknown[0]!r} (fields: {', '.join(names)})")
+    values = {name: getattr(args, name) for name in names if name not in given and hasattr(args, name)}
+    missing = [f.name for f in init if f.name not in given and f.name not in values
+               and f.default is MISSING and f.default_factory is MISSING]
+    if missing:
+        raise TypeError(f"{cls.__name__}: no value for field {missing[0]!r} (no such parsed option, and not given)")
+    return cls(**values, **given)
 
 
 def add_rule_option(parser: argparse._ActionsContainer, rule: Rule, *flags: str, default: Any = None,

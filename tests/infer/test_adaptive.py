@@ -133,7 +133,7 @@ class _PurpleModel:
 
 
 def test_heatmap_reads_only_the_classified_patches(tiny_slide) -> None:
-    from h2gnet.infer.heatmap import HeatmapStats, compute_heatmap
+    from h2gnet.infer.heatmap import HeatmapSettings, HeatmapStats, compute_heatmap
     from h2gnet.io.slides import open_slide
     from h2gnet.patches.tissue import detect_tissue
 
@@ -146,8 +146,8 @@ def test_heatmap_reads_only_the_classified_patches(tiny_slide) -> None:
             original = slide.read_region
             slide.read_region = lambda loc, size, mpp, _f=original, _c=calls: (_c.append(loc), _f(loc, size, mpp))[1]
             stats[mode] = HeatmapStats()
-            heat[mode] = compute_heatmap(slide, _PurpleModel(), tissue, progress=False,
-                                         stats=stats[mode], adaptive=cfg).array
+            heat[mode] = compute_heatmap(slide, _PurpleModel(), tissue, HeatmapSettings(adaptive=cfg), progress=False,
+                                         stats=stats[mode]).array
             reads[mode] = calls
     assert len(reads["dense"]) == stats["dense"].patches == stats["dense"].tissue_patches
     assert len(reads["adaptive"]) == stats["adaptive"].patches < stats["dense"].patches
@@ -180,8 +180,9 @@ def test_adaptive_reading_order_and_tile_cache_do_not_change_the_heatmap(tiny_sl
         monkeypatch.setattr(hm, "ADAPTIVE_TILE_CACHE_MB", cache_mb)
         with open_slide(path) as slide:
             stats = hm.HeatmapStats()
-            heat[order] = hm.compute_heatmap(slide, _PurpleModel(), detect_tissue(slide), progress=False,
-                                             stats=stats, adaptive=AdaptiveConfig()).array
+            heat[order] = hm.compute_heatmap(slide, _PurpleModel(), detect_tissue(slide),
+                                             hm.HeatmapSettings(adaptive=AdaptiveConfig()), progress=False,
+                                             stats=stats).array
             assert stats.seconds["read_wait"] >= 0 and stats.seconds["inference"] > 0
     np.testing.assert_allclose(heat["z"], heat["grid"], atol=1e-6)
 

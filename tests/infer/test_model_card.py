@@ -242,7 +242,7 @@ def test_standins_in_the_published_conventions_give_the_native_masks(patch_run: 
                  str(native_refiner), "-o", str(tmp_path / "native")]) == 0
     assert main(["-q", "segment", slide, "--patch-model", str(patch), "--refine-model", str(refine),
                  "-o", str(tmp_path / "standin")]) == 0
-    from h2gnet.evaluation.predictions import load_mask_tiff
+    from h2gnet.outputs.mask_tiff import load_mask_tiff
 
     summaries = [json.loads((tmp_path / d / "s3.json").read_text()) for d in ("native", "standin")]
     masks = [load_mask_tiff(tmp_path / d / "s3.mask.tiff", summaries[0]["slide_mpp"]).array

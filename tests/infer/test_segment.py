@@ -9,9 +9,9 @@ import pytest
 
 from conftest import real_slide, write_pyramid_tiff
 from h2gnet.cli import main
-from h2gnet.evaluation.predictions import load_mask_tiff
 from h2gnet.infer.segment import SegmentConfig, segment_many
 from h2gnet.io.annotations import load_geojson, rasterize
+from h2gnet.outputs.mask_tiff import load_mask_tiff
 
 pytest.importorskip("torch")  # the models are trained here; segmenting itself needs only ONNX Runtime
 

@@ -13,7 +13,7 @@ import pytest
 
 from h2gnet.errors import H2GNetError
 from h2gnet.params import ParameterError
-from h2gnet.synth import make_cohort, make_slide_spec, plan_cohort, render_slide, tumour_geojson
+from h2gnet.synth import CohortConfig, make_cohort, make_slide_spec, plan_cohort, render_slide, tumour_geojson
 from h2gnet.synth.cells import CellGrid, nearest_two
 from h2gnet.synth.noise import fbm_grid, fbm_points, noise_grid, noise_points
 from h2gnet.synth.scene import SceneRenderer
@@ -345,8 +345,8 @@ def test_default_cohort_varies_scanner_layouts():
 
 
 def test_make_cohort_writes_slides_annotations_and_manifest(tmp_path):
-    manifest = make_cohort(tmp_path / "cohort", n_slides=3, seed=2, width=1024, height=768, progress=False,
-                           workers=1)
+    manifest = make_cohort(tmp_path / "cohort", CohortConfig(slides=3, seed=2, width=1024, height=768),
+                           progress=False, workers=1)
     assert manifest == tmp_path / "cohort" / "manifest.csv"
     with manifest.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -364,13 +364,11 @@ def test_make_cohort_writes_slides_annotations_and_manifest(tmp_path):
 
 
 def test_make_cohort_resumes_without_rerendering(tmp_path) -> None:
-    from h2gnet.synth import make_cohort
-
-    manifest = make_cohort(tmp_path, n_slides=2, seed=4, width=1024, height=1024, progress=False, workers=1)
+    manifest = make_cohort(tmp_path, CohortConfig(slides=2, seed=4, width=1024, height=1024), progress=False, workers=1)
     slides = sorted((tmp_path / "slides").glob("*.tiff"))
     stamps = {p: p.stat().st_mtime_ns for p in slides}
     slides[0].unlink()  # as if interrupted before this slide was written
-    make_cohort(tmp_path, n_slides=2, seed=4, width=1024, height=1024, progress=False, workers=1)
+    make_cohort(tmp_path, CohortConfig(slides=2, seed=4, width=1024, height=1024), progress=False, workers=1)
     assert slides[0].exists() and slides[1].stat().st_mtime_ns == stamps[slides[1]]
     assert manifest.exists()
 
@@ -436,7 +434,7 @@ def test_invalid_stain_set_is_a_clear_error() -> None:
     for make in (lambda: make_slide_spec(0, 1, W, H, 0.5, (1,), stain_set="purple"),
                  lambda: plan_cohort(3, stain_set="purple"),
                  lambda: CohortConfig(stain_set="purple"),
-                 lambda: make_cohort("/nonexistent/never", n_slides=1, stain_set="purple", progress=False)):
+                 lambda: make_cohort("/nonexistent/never", CohortConfig(slides=1, stain_set="purple"), progress=False)):
         with pytest.raises(ParameterError, match=r"stain_set: must be one of reference, alternative \(got 'purple'\)"):
             make()
 

@@ -18,10 +18,9 @@ from h2gnet.evaluation.metrics import slide_metrics, summarise_designs, values_b
 from h2gnet.evaluation.stats import write_tukey
 from h2gnet.evaluation.summary import write_slides_csv, write_summary_json, write_summary_markdown
 from h2gnet.io.annotations import load_annotation
-from h2gnet.io.canvas import check_canvas
 from h2gnet.io.manifest import SlideEntry
-from h2gnet.io.raster import Raster
 from h2gnet.io.slides import open_slide
+from h2gnet.outputs.mask_tiff import load_mask_tiff
 from h2gnet.params import Rule, check_fields, param
 
 
@@ -33,33 +32,6 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-
-
-def load_mask_tiff(path: str | Path, slide_mpp: float) -> Raster:
-    """A mask written by :func:`h2gnet.outputs.mask_tiff.write_mask_tiff` (level 0, > 127 = tumour)."""
-    import tifffile
-
-    path = Path(path)
-    if not path.exists():
-        raise H2GNetError(path, "no such prediction mask")
-    try:
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            assert isinstance(page, tifffile.TiffPage)  # the first page is never a frame
-            check_canvas(page.shape, 1, path, "the prediction mask")
-            arr = page.asarray()
-            res = page.tags["XResolution"].value
-            unit = page.tags["ResolutionUnit"].value
-    except H2GNetError:
-        raise
-    except Exception as exc:  # tifffile raises many types for bad files
-        raise H2GNetError(path, f"cannot be read as a mask TIFF ({type(exc).__name__})") from None
-    per_cm = res[0] / res[1]
-    if int(unit) != 3 or per_cm <= 0:
-        raise H2GNetError(path, "has no resolution in pixels per centimetre: cannot place it on the slide")
-    if arr.ndim == 3:
-        arr = arr[..., 0]
-    return Raster(arr > 127, 1e4 / per_cm, slide_mpp)
 
 
 def evaluate_slide(entry: SlideEntry, predictions: str | Path, mpp: float = EVAL_MPP) -> dict:

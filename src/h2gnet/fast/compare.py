@@ -23,7 +23,6 @@ import numpy as np
 
 from h2gnet.conventions import EVAL_MPP
 from h2gnet.errors import H2GNetError
-from h2gnet.evaluation.predictions import load_mask_tiff
 from h2gnet.fast.fpl import FAST_UM_AT_1X
 from h2gnet.fast.published import published_header, published_pipeline
 from h2gnet.fast.runner import mask_dice, run_fast_pipeline, segmentation_raster
@@ -32,6 +31,7 @@ from h2gnet.infer.model_card import preset_model
 from h2gnet.infer.segment import Models, SegmentConfig, segment_slide
 from h2gnet.io.atomic import write_text
 from h2gnet.io.slides import Slide, open_slide
+from h2gnet.outputs.mask_tiff import load_mask_tiff
 
 #: Acceptance: share of classified positions both classified, largest probability difference, mask Dice.
 MIN_AGREEMENT, MAX_DIFFERENCE, MIN_DICE = 0.99, 0.02, 0.98

@@ -16,22 +16,22 @@ import warnings
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from h2gnet.cohort import Engine, SlideTask, StatusTable, slide_threads
-from h2gnet.conventions import HEATMAP_SUFFIX, STATUS_FILE
+from h2gnet.conventions import STATUS_FILE, slide_outputs
 from h2gnet.errors import H2GNetError
 from h2gnet.infer.adaptive import AdaptiveConfig, adaptive_values
 from h2gnet.infer.model_card import HSV_RULE, ModelCard
 from h2gnet.infer.runtime import OnnxModel, check_probabilities
 from h2gnet.io.atomic import atomic_path
-from h2gnet.io.canvas import check_canvas
 from h2gnet.io.lock import folder_lock
 from h2gnet.io.raster import Raster
 from h2gnet.io.slides import Slide, open_slide
+from h2gnet.io.tiff import read_tiff_page
 from h2gnet.params import Rule, check_fields, param
 from h2gnet.patches.grid import MIN_TISSUE, PatchGrid, cell_fractions, fast_cell_fractions
 from h2gnet.patches.tissue import FAST_MAX_LEVEL_SIDE, detect_tissue, detect_tissue_rgb_distance
@@ -144,16 +144,37 @@ def _tile_budget(slide: Slide, n_patches: int, size: int, mpp: float) -> int | N
     return int(min(ADAPTIVE_TILE_CACHE_MB << 20, 1.5 * n_patches * side * side * 3))
 
 
-def compute_heatmap(slide: Slide, model: OnnxModel, tissue: Raster, min_tissue: float = MIN_TISSUE,  # noqa: PLR0913, PLR0915
-                    batch_size: int = 16, readers: int = 2, *, progress: bool = True,
-                    stats: HeatmapStats | None = None, adaptive: AdaptiveConfig | None = None) -> Raster:
+@dataclass(frozen=True)
+class HeatmapSettings:
+    """How a cohort's heatmaps are computed: ``min_tissue`` (fraction of a patch), patches per
+    ``batch_size``, patch-reading threads (``readers``); ``adaptive`` None (dense, the default: heatmaps
+    are the refiner's training input) or the coarse-to-fine settings; checked when made."""
+
+    min_tissue: float = param(MIN_TISSUE, MIN_TISSUE_RULE)
+    batch_size: int = param(16, BATCH_SIZE_RULE)
+    readers: int = param(2, READERS_RULE)
+    adaptive: AdaptiveConfig | None = None
+    max_upsampling: float = param(2.0, MAX_UPSAMPLING_RULE)
+    allow_upsampling: bool = param(False, ALLOW_UPSAMPLING_RULE)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+def compute_heatmap(slide: Slide, model: OnnxModel, tissue: Raster,  # noqa: PLR0915
+                    settings: HeatmapSettings = HeatmapSettings(), *, progress: bool = True,
+                    stats: HeatmapStats | None = None) -> Raster:
     """Tumour-probability heatmap (float32, one pixel per patch; 0 where no tissue patch is).
 
+    ``settings``: the patches' ``min_tissue`` (a model card's tissue rule replaces it), ``batch_size``,
+    ``readers`` and ``adaptive``; its upsampling limits are the caller's to check (:func:`check_upsampling`).
     ``adaptive`` None classifies every tissue patch (dense); otherwise only the patches the coarse-to-fine
     evaluation picks are read and classified, the others filled from them (:mod:`h2gnet.infer.adaptive`).
     An adaptive run reads each round's patches in :data:`ADAPTIVE_READ_ORDER` on one pool of reader threads,
     with the tile cache raised to :func:`_tile_budget` for the run.
     """
+    min_tissue, batch_size, readers, adaptive = (settings.min_tissue, settings.batch_size, settings.readers,
+                                                 settings.adaptive)
     grid = patch_grid_for(slide, model)
     t0 = time.perf_counter()
     card = getattr(model, "card", None)  # stand-ins of an OnnxModel may have none
@@ -256,23 +277,6 @@ def tissue_for(slide: Slide, model: OnnxModel | None) -> Raster:
                                       max_mpp=cell_um / TISSUE_PX_PER_PATCH)
 
 
-@dataclass(frozen=True)
-class HeatmapSettings:
-    """How a cohort's heatmaps are computed: ``min_tissue`` (fraction of a patch), patches per
-    ``batch_size``, patch-reading threads (``readers``); ``adaptive`` None (dense, the default: heatmaps
-    are the refiner's training input) or the coarse-to-fine settings; checked when made."""
-
-    min_tissue: float = param(MIN_TISSUE, MIN_TISSUE_RULE)
-    batch_size: int = param(16, BATCH_SIZE_RULE)
-    readers: int = param(2, READERS_RULE)
-    adaptive: AdaptiveConfig | None = None
-    max_upsampling: float = param(2.0, MAX_UPSAMPLING_RULE)
-    allow_upsampling: bool = param(False, ALLOW_UPSAMPLING_RULE)
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-
-
 def check_upsampling(slide: Slide, model: OnnxModel, max_factor: float, *, allow: bool) -> float | None:
     """How much ``model``'s patches would be upsampled on ``slide``: level-0 µm/px ÷ the model's µm/px
     when that is above 1 (the finest level is coarser than the model), else None.
@@ -299,14 +303,35 @@ def is_upsampling_refusal(error: str) -> bool:
 
 
 @dataclass(frozen=True)
+class ModelSpec:
+    """A patch classifier as a worker loads it: its file (resolved path), SHA-256, execution provider,
+    threads (None: the worker's share) and precision; hashable, the key of the worker's model cache."""
+
+    path: str
+    sha256: str
+    device: str
+    threads: int | None
+    precision: str
+
+    @classmethod
+    def of(cls, model: OnnxModel) -> ModelSpec:
+        """The spec of a loaded model."""
+        return cls(str(model.path.resolve()), model.sha256(), model.device, model.threads, model.precision)
+
+    def load(self, card: ModelCard | None = None) -> OnnxModel:
+        """The model, loaded (``card``: its model card when the ONNX metadata do not carry one)."""
+        return OnnxModel(Path(self.path), "patch-classifier", self.device, self.threads, self.precision, card=card)
+
+
+@dataclass(frozen=True)
 class HeatmapJob:
     """One slide of :func:`heatmap_cohort`: the slide (and its µm/px override), the heatmap file to write,
-    the model as (path, SHA-256, device, threads, precision) and the settings."""
+    the model and the settings."""
 
     slide: str
     mpp: float | None
     target: str
-    model: tuple
+    model: ModelSpec
     settings: HeatmapSettings
     progress: bool = True
     card: ModelCard | None = None
@@ -320,16 +345,14 @@ def heatmap_task(cache: dict, job: HeatmapJob) -> tuple[str, str]:
     model, progress = job.model, job.progress
     threads = slide_threads()
     if threads is not None:  # on a Dask worker
-        model, progress = (*model[:3], model[3] or threads, model[4]), False
+        model, progress = replace(model, threads=model.threads or threads), False
     onnx = cache.get(model)
     if onnx is None:
-        onnx = cache[model] = OnnxModel(Path(model[0]), "patch-classifier", model[2], model[3], model[4],
-                                        card=job.card)
+        onnx = cache[model] = model.load(job.card)
     with open_slide(job.slide, job.mpp) as s:
         opts = job.settings
         check_upsampling(s, onnx, opts.max_upsampling, allow=opts.allow_upsampling)
-        heat = compute_heatmap(s, onnx, tissue_for(s, onnx), opts.min_tissue, opts.batch_size, opts.readers,
-                               progress=progress, adaptive=opts.adaptive)
+        heat = compute_heatmap(s, onnx, tissue_for(s, onnx), opts, progress=progress)
         save_heatmap(job.target, heat, s.dimensions, str(s.path))
     return "done", job.target
 
@@ -345,14 +368,14 @@ def heatmap_cohort(entries: list, out_dir: str | Path, model: OnnxModel, *, over
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     engine.check_output_folder(out_dir)
-    key = (str(model.path.resolve()), model.sha256(), model.device, model.threads, model.precision)
+    key = ModelSpec.of(model)
     if not engine.distributed:
         engine.cache.setdefault(key, model)
     with folder_lock(out_dir, "heatmap"):
         status = StatusTable(out_dir / STATUS_FILE)
         tasks = []
         for e in entries:
-            target = out_dir / f"{e.key}{HEATMAP_SUFFIX}"
+            target = slide_outputs(out_dir, e.key).heatmap
             if target.is_file() and not overwrite:
                 continue
             if target.is_dir():
@@ -385,22 +408,11 @@ def save_heatmap(path: str | Path, heatmap: Raster, extent_l0: tuple[int, int], 
 
 def load_heatmap(path: str | Path) -> tuple[Raster, tuple[int, int]]:
     """(heatmap raster, slide extent in level-0 px) from :func:`save_heatmap`'s file."""
-    import tifffile
-
     path = Path(path)
     if not path.exists():
         raise H2GNetError(path, "no such heatmap file")
-    try:
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            assert isinstance(page, tifffile.TiffPage)  # the first page is never a frame
-            meta = json.loads(page.description)
-            check_canvas(page.shape, 4, path, "the heatmap")
-            arr = page.asarray()
-    except H2GNetError:
-        raise
-    except Exception as exc:  # tifffile/json raise many types for bad files
-        raise H2GNetError(path, f"is not an h2gnet heatmap ({type(exc).__name__})") from None
+    page = read_tiff_page(path, "the heatmap", 4, "is not an h2gnet heatmap ({error})", description=json.loads)
+    meta, arr = page.description, page.array
     if not isinstance(meta, dict) or meta.get("h2gnet_kind") != "heatmap":
         raise H2GNetError(path, "is not an h2gnet heatmap")
     try:

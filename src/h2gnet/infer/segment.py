@@ -29,7 +29,7 @@ import numpy as np
 
 from h2gnet import __version__
 from h2gnet.cohort import Engine, SlideTask, StatusTable, slide_threads
-from h2gnet.conventions import HEATMAP_SUFFIX, STATUS_FILE, slide_outputs
+from h2gnet.conventions import STATUS_FILE, slide_outputs
 from h2gnet.errors import H2GNetError
 from h2gnet.infer.adaptive import AdaptiveConfig
 from h2gnet.infer.heatmap import (
@@ -200,12 +200,11 @@ def segment_slide(slide: Slide | str | Path, out_dir: str | Path, models: Models
         low_future = pool.submit(low_resolution, slide, size,
                                  models.refine.card.image_source if models.refine and models.refine.card else "h2gnet")
         if models.patch is not None:
-            cached = Path(cfg.heatmap_dir) / f"{slide.name}{HEATMAP_SUFFIX}" if cfg.heatmap_dir else None
+            cached = slide_outputs(cfg.heatmap_dir, slide.name).heatmap if cfg.heatmap_dir else None
             if cached is not None and cached.is_file():
                 heat = load_slide_heatmap(cached, slide)
             else:
-                heat = compute_heatmap(slide, models.patch, tissue, cfg.min_tissue, cfg.batch_size, cfg.readers,
-                                       progress=cfg.progress, stats=stats, adaptive=cfg.adaptive)
+                heat = compute_heatmap(slide, models.patch, tissue, cfg.heatmap(), progress=cfg.progress, stats=stats)
             timings.update(stats.seconds)
         t = time.perf_counter()
         low = low_future.result()

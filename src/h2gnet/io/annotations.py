@@ -24,6 +24,7 @@ import numpy as np
 from h2gnet.errors import H2GNetError
 from h2gnet.io.canvas import check_canvas
 from h2gnet.io.raster import Raster
+from h2gnet.io.tiff import read_tiff_page
 
 Polygon = list[np.ndarray]
 
@@ -261,16 +262,8 @@ def rasterize(polygons: list[Polygon], extent_l0: tuple[int, int], slide_mpp: fl
 # -- mask images -----------------------------------------------------------------------
 def _read_mask_pixels(path: Path) -> np.ndarray:
     if path.suffix.lower() in {".tif", ".tiff"}:
-        import tifffile
-
-        try:
-            with tifffile.TiffFile(path) as tif:
-                check_canvas(tif.pages[0].shape, 1, path, "the mask image")
-                arr: np.ndarray | None = tif.pages[0].asarray()
-        except H2GNetError:
-            raise
-        except Exception as exc:  # tifffile raises many types for bad files
-            raise H2GNetError(path, f"cannot be read as a TIFF mask: {exc}") from None
+        arr: np.ndarray | None = read_tiff_page(path, "the mask image", 1,
+                                                "cannot be read as a TIFF mask: {detail}").array
     else:
         arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if arr is None:

@@ -36,6 +36,7 @@ import tifffile
 from h2gnet.errors import H2GNetError
 from h2gnet.io.atomic import atomic_path
 from h2gnet.io.raster import Raster
+from h2gnet.io.tiff import read_tiff_page
 
 BINARY_FOREGROUND = 255
 """Value written for tumour pixels of a boolean mask."""
@@ -207,3 +208,20 @@ def _page_options(
         "metadata": None,
         "software": "h2gnet",
     }
+
+
+def load_mask_tiff(path: str | Path, slide_mpp: float) -> Raster:
+    """A mask written by :func:`write_mask_tiff`, read back: its level 0 (> 127 = tumour) at the µm/px of its
+    resolution tags, over a slide of ``slide_mpp`` µm/px at level 0."""
+    path = Path(path)
+    if not path.exists():
+        raise H2GNetError(path, "no such prediction mask")
+    page = read_tiff_page(path, "the prediction mask", 1, "cannot be read as a mask TIFF ({error})",
+                          tags=("XResolution", "ResolutionUnit"))
+    arr, res, unit = page.array, page.tags["XResolution"], page.tags["ResolutionUnit"]
+    per_cm = res[0] / res[1]
+    if int(unit) != 3 or per_cm <= 0:
+        raise H2GNetError(path, "has no resolution in pixels per centimetre: cannot place it on the slide")
+    if arr.ndim == 3:
+        arr = arr[..., 0]
+    return Raster(arr > 127, 1e4 / per_cm, slide_mpp)

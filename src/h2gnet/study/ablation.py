@@ -5,17 +5,8 @@ Designs: (I) Otsu, (II) UNet-LR, (III) Inc-PW, (IV) Mob-PW, (V) Mob-KM-PW,
 (IX) Mob-PW-DoubleUNet. Each is trained on the train split, selected on the
 val split and evaluated on the test split. Every step leaves its result in the
 output folder and is skipped when run again, so an interrupted study resumes
-where it stopped. ``h2gnet demo`` is the same machinery with two designs.
-
-Layout of the output folder::
-
-    cohort/              phantom cohort (unless the config names a manifest)
-    index/               patch index
-    runs/<model>/        training runs (model.onnx, log.csv, …)
-    heatmaps/<model>/    stage-1 heatmaps of every slide (Mob-PW; refinement input)
-    predictions/<design>/  masks, GeoJSON, overlays of the test slides
-    results/             table1.md/.csv, table2.md, tukey.md/.csv, slides.csv,
-                         dice_boxplot.png, figure4.png, report.html
+where it stopped. ``h2gnet demo`` is the same machinery with two designs. The output folder's layout:
+:class:`h2gnet.study.layout.StudyLayout`.
 """
 
 from __future__ import annotations
@@ -55,6 +46,7 @@ from h2gnet.params import from_mapping
 from h2gnet.patches.grid import index_cohort
 from h2gnet.patches.tissue import otsu_tissue
 from h2gnet.study.designs import DESIGNS, PAPER_TABLE1
+from h2gnet.study.layout import StudyLayout
 from h2gnet.study.report import write_figure4, write_html_report
 from h2gnet.synth import CohortConfig, make_cohort
 from h2gnet.train.cluster_guiding import fit_cohort_clustering
@@ -172,6 +164,11 @@ class Study:
     def __post_init__(self) -> None:
         check_config(self.config)
 
+    @property
+    def layout(self) -> StudyLayout:
+        """The places of the output folder."""
+        return StudyLayout(self.out)
+
     def section(self, name: str) -> dict:
         """The settings of one section (empty when the config has none)."""
         return dict(self.config.get(name, {}))
@@ -212,21 +209,18 @@ def step_cohort(study: Study) -> Path:
     given = study.section("cohort").get("manifest")
     if given is not None:
         return Path(given).resolve()
-    manifest = study.out / "cohort" / "manifest.csv"
+    manifest = study.layout.manifest
     if not manifest.exists():
         cohort = study.cohort()
         _log(study, f"phantom cohort: {cohort.slides} slides, seed {cohort.seed}, {cohort.stain_set} stains")
-        make_cohort(study.out / "cohort", n_slides=cohort.slides, seed=cohort.seed, width=cohort.width,
-                    height=cohort.height, mpp=cohort.mpp, progress=study.progress,
-                    val_fraction=cohort.val_fraction, test_fraction=cohort.test_fraction,
-                    stain_set=cohort.stain_set)
+        make_cohort(study.layout.cohort, cohort, progress=study.progress)
     return manifest
 
 
 def step_index(study: Study, manifest: Path) -> Path:
     """Index the cohort's patches into ``index/`` (resumes); returns the folder."""
 
-    index = study.out / "index"
+    index = study.layout.index
     rows, failures = index_cohort(read_manifest(manifest), index, progress=study.progress)
     if failures:
         raise H2GNetError(failures[0][0], f"patch indexing failed: {failures[0][1]}")
@@ -236,7 +230,7 @@ def step_index(study: Study, manifest: Path) -> Path:
 def step_patch_model(study: Study, manifest: Path, index: Path, name: str) -> Path:
     """Train one stage-1 model: "mob", "inc" or "mob-km" (cluster-guided)."""
 
-    run = study.out / "runs" / name
+    run = study.layout.run(name)
     if (run / MODEL_FILE).exists() and (run / METRICS_FILE).exists():
         return run / MODEL_FILE
     clusters = step_clusters(study, manifest, index) if name == "mob-km" else None
@@ -248,7 +242,7 @@ def step_patch_model(study: Study, manifest: Path, index: Path, name: str) -> Pa
 def step_clusters(study: Study, manifest: Path, index: Path) -> Path:
     """Fit the k-means cluster guiding once (``clusters/``); returns the folder."""
 
-    out = study.out / "runs" / "clusters"
+    out = study.layout.run("clusters")
     if (out / ARRAYS_FILE).exists():
         return out
     _log(study, "fitting the k-means clustering")
@@ -260,7 +254,7 @@ def step_clusters(study: Study, manifest: Path, index: Path) -> Path:
 def step_heatmaps(study: Study, manifest: Path, model: Path, name: str) -> Path:
     """Heatmaps of every slide of the cohort (the refinement networks' input)."""
 
-    out = study.out / "heatmaps" / name
+    out = study.layout.heatmaps(name)
     failures = heatmap_cohort(read_manifest(manifest), out, OnnxModel(model, "patch-classifier"),
                               progress=study.progress, engine=study.engine)
     if failures:
@@ -271,7 +265,7 @@ def step_heatmaps(study: Study, manifest: Path, model: Path, name: str) -> Path:
 def step_refiner(study: Study, manifest: Path, arch: str, heatmaps: Path | None) -> Path:
     """Train (or reuse) the refiner ``arch`` on the heatmaps; returns its ``model.onnx``."""
 
-    run = study.out / "runs" / arch
+    run = study.layout.run(arch)
     if (run / MODEL_FILE).exists() and (run / METRICS_FILE).exists():
         return run / MODEL_FILE
     _log(study, f"training refinement network {arch}")
@@ -315,20 +309,23 @@ def predict(study: Study, manifest: Path, out: Path, patch: Path | None, refiner
 
 def run_design(study: Study, design: str, manifest: Path, index: Path) -> Path:
     """Train what the design needs and segment the test slides; returns its predictions folder."""
-    label, kind, details = DESIGNS[design]
-    out = study.out / "predictions" / design
-    if kind == "otsu":
+    chosen = DESIGNS[design]
+    out = study.layout.predictions(design)
+    if chosen.kind == "otsu":
         predict_otsu(study, manifest, out)
-    elif kind == "lowres":
-        predict(study, manifest, out, None, step_refiner(study, manifest, "unet-lr", None), None)
-    elif kind == "patchwise":
-        model = step_patch_model(study, manifest, index, details["model"])
-        heat = step_heatmaps(study, manifest, model, "mob") if details["model"] == "mob" else None
+    elif chosen.kind == "lowres":
+        assert chosen.arch is not None
+        predict(study, manifest, out, None, step_refiner(study, manifest, chosen.arch, None), None)
+    elif chosen.kind == "patchwise":
+        assert chosen.model is not None
+        model = step_patch_model(study, manifest, index, chosen.model)
+        heat = step_heatmaps(study, manifest, model, "mob") if chosen.model == "mob" else None
         predict(study, manifest, out, model, None, heat)
     else:
+        assert chosen.arch is not None
         model = step_patch_model(study, manifest, index, "mob")
         heat = step_heatmaps(study, manifest, model, "mob")
-        predict(study, manifest, out, model, step_refiner(study, manifest, details["arch"], heat), heat)
+        predict(study, manifest, out, model, step_refiner(study, manifest, chosen.arch, heat), heat)
     return out
 
 
@@ -340,7 +337,7 @@ def evaluate_designs(study: Study, manifest: Path, designs: list[str]) -> list[d
     tests = _test_entries(manifest)
     rows = []
     for d in designs:
-        rows += evaluate_predictions(tests, study.out / "predictions" / d, mpp, DESIGNS[d][0], progress=False,
+        rows += evaluate_predictions(tests, study.layout.predictions(d), mpp, DESIGNS[d].label, progress=False,
                                      engine=study.engine)
     return rows
 
@@ -349,14 +346,14 @@ def refinement_lines(rows: list[dict], designs: list[str], tukey: dict | None) -
     """One line per refined design run beside Mob-PW: the slides it improved (paired Dice) and Tukey's p."""
     if "mob-pw" not in designs:
         return ""
-    base = DESIGNS["mob-pw"][0]
+    base = DESIGNS["mob-pw"].label
     by_slide: dict[str, dict[str, float]] = {}
     for r in rows:
         by_slide.setdefault(str(r["slide"]), {})[str(r["design"])] = float(r["dice"])
     out = []
     for d in designs:
-        label = DESIGNS[d][0]
-        if DESIGNS[d][1] != "refined":
+        label = DESIGNS[d].label
+        if DESIGNS[d].kind != "refined":
             continue
         pairs = [(v[label], v[base]) for v in by_slide.values() if label in v and base in v]
         if not pairs:
@@ -376,13 +373,13 @@ def write_results(study: Study, rows: list[dict], designs: list[str], timings: d
 
     tests = _test_entries(step_cohort(study))
 
-    res = study.out / "results"
+    res = study.layout.results
     res.mkdir(parents=True, exist_ok=True)
     summaries = summarise_designs(rows, by="grade")
     write_slides_csv(res / "slides.csv", rows)
     write_summary_markdown(res / "summary.md", summaries)  # the same files as `h2gnet evaluate`
     write_summary_json(res / "summary.json", summaries)
-    labels = [DESIGNS[d][0] for d in designs]
+    labels = [DESIGNS[d].label for d in designs]
     lines = ["| Design | Recall | Precision | Dice | Paper's Dice (BCS-1, n = 90) |", "|---|---|---|---|---|"]
     csv_lines = ["design,recall_mean,recall_std,precision_mean,precision_std,dice_mean,dice_std,n"]
     for d, label in zip(designs, labels):
@@ -397,13 +394,13 @@ def write_results(study: Study, rows: list[dict], designs: list[str], timings: d
     cohort = "Phantom test slides" if given is None else f"Test slides of {Path(given).name}"
     table1 = "\n".join(lines) + f"\n\n{cohort}: n = {n_test}. Paper: BCS-1 cohort, 90 test WSIs.\n"
     dice = values_by_design(rows)
-    deep = {k: v for k, v in dice.items() if k != DESIGNS["otsu"][0]}
+    deep = {k: v for k, v in dice.items() if k != DESIGNS["otsu"].label}
     tukey = write_tukey(res, deep)
     table1 += refinement_lines(rows, designs, tukey)
     caveats = study.config.get("caveats", [])
     if caveats:
         table1 += "\nLeft out of this run (its time budget):\n" + "".join(f"- {c}\n" for c in caveats)
-    write_text(res / "table1.md", table1)
+    write_text(study.layout.table1, table1)
     write_text(res / "table1.csv", "\n".join(csv_lines) + "\n")
     grades = sorted({str(r["grade"]) for r in rows if r["grade"] != ""})
     t2 = ["| Design | " + " | ".join(f"Grade {g}" for g in grades) + " |", "|---" * (len(grades) + 1) + "|"]
@@ -414,16 +411,16 @@ def write_results(study: Study, rows: list[dict], designs: list[str], timings: d
     write_text(res / "table2.md", "\n".join(t2) + "\n")
     try:
         boxplot_png({k: dice[k] for k in labels}, res / "dice_boxplot.png", title="Per-slide Dice (test split)")
-        refined = [d for d in designs if DESIGNS[d][1] == "refined"]
+        refined = [d for d in designs if DESIGNS[d].kind == "refined"]
         if refined:
-            write_figure4(study.out, tests, (refined[0], DESIGNS[refined[0]][0]), res / "figure4.png")
+            write_figure4(study.out, tests, (refined[0], DESIGNS[refined[0]].label), res / "figure4.png")
     except ImportError:
         pass  # matplotlib is in the [train] extra
     result = {"summaries": summaries, "tukey": tukey, "timings": timings, "designs": designs}
     write_text(res / "results.json", json.dumps(result, indent=2, default=_json_default))
-    runs = sorted(p for p in (study.out / "runs").glob("*") if (p / "log.csv").exists())
+    runs = sorted(p for p in study.layout.runs.glob("*") if (p / "log.csv").exists())
     logs = {run.name: read_log(run) for run in runs}
-    write_html_report(study.out, tests, {d: DESIGNS[d][0] for d in designs}, logs, table1, res / "report.html")
+    write_html_report(study.out, tests, {d: DESIGNS[d].label for d in designs}, logs, table1, study.layout.report)
     return result
 
 
@@ -449,7 +446,7 @@ def run_study(config: dict, out: str | Path, *, progress: bool = True, engine: E
     timings["cohort_and_index"] = time.perf_counter() - t0
     for design in designs:
         t = time.perf_counter()
-        _log(study, f"design {DESIGNS[design][0]}")
+        _log(study, f"design {DESIGNS[design].label}")
         run_design(study, design, manifest, index)
         timings[design] = time.perf_counter() - t
     rows = evaluate_designs(study, manifest, designs)

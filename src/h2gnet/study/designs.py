@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
-#: Design key -> (paper label, kind, details).
-DESIGNS: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "otsu": ("(I) Otsu", "otsu", {}),
-    "unet-lr": ("(II) UNet-LR", "lowres", {"arch": "unet-lr"}),
-    "inc-pw": ("(III) Inc-PW", "patchwise", {"model": "inc"}),
-    "mob-pw": ("(IV) Mob-PW", "patchwise", {"model": "mob"}),
-    "mob-km-pw": ("(V) Mob-KM-PW", "patchwise", {"model": "mob-km"}),
-    "mob-pw-unet": ("(VI) Mob-PW-UNet", "refined", {"arch": "unet"}),
-    "mob-pw-agunet": ("(VII) Mob-PW-AGUNet", "refined", {"arch": "agunet"}),
-    "mob-pw-dagunet": ("(VIII) Mob-PW-DAGUNet", "refined", {"arch": "dagunet"}),
-    "mob-pw-doubleunet": ("(IX) Mob-PW-DoubleUNet", "refined", {"arch": "doubleunet"}),
-}
+
+@dataclass(frozen=True)
+class Design:
+    """One design: its ``key`` (config and folder name), the paper's ``label``, its ``kind`` ("otsu", "lowres",
+    "patchwise" or "refined"), the stage-1 ``model`` of a patch-wise design ("mob", "inc", "mob-km") and the
+    refiner ``arch`` of a low-resolution or refined one."""
+
+    key: str
+    label: str
+    kind: str
+    model: str | None = None
+    arch: str | None = None
+
+
+#: Design key -> design, in the paper's order.
+DESIGNS: dict[str, Design] = {d.key: d for d in (
+    Design("otsu", "(I) Otsu", "otsu"),
+    Design("unet-lr", "(II) UNet-LR", "lowres", arch="unet-lr"),
+    Design("inc-pw", "(III) Inc-PW", "patchwise", model="inc"),
+    Design("mob-pw", "(IV) Mob-PW", "patchwise", model="mob"),
+    Design("mob-km-pw", "(V) Mob-KM-PW", "patchwise", model="mob-km"),
+    Design("mob-pw-unet", "(VI) Mob-PW-UNet", "refined", arch="unet"),
+    Design("mob-pw-agunet", "(VII) Mob-PW-AGUNet", "refined", arch="agunet"),
+    Design("mob-pw-dagunet", "(VIII) Mob-PW-DAGUNet", "refined", arch="dagunet"),
+    Design("mob-pw-doubleunet", "(IX) Mob-PW-DoubleUNet", "refined", arch="doubleunet"),
+)}
 #: The paper's Table 1 (BCS-1 cohort, 90 test WSIs): recall, precision, Dice (mean, std).
 PAPER_TABLE1 = {
     "otsu": ((0.990, 0.027), (0.534, 0.200), (0.669, 0.179)),

@@ -12,13 +12,14 @@ import cv2
 import numpy as np
 
 from h2gnet import __version__
-from h2gnet.conventions import HEATMAP_SUFFIX, slide_outputs
-from h2gnet.evaluation.predictions import load_mask_tiff
+from h2gnet.conventions import slide_outputs
 from h2gnet.infer.heatmap import load_heatmap
 from h2gnet.io.annotations import load_annotation
 from h2gnet.io.atomic import atomic_path, write_text
 from h2gnet.io.manifest import SlideEntry
 from h2gnet.io.slides import open_slide
+from h2gnet.outputs.mask_tiff import load_mask_tiff
+from h2gnet.study.layout import StudyLayout
 
 MAX_SLIDES_IN_FIGURE = 4
 
@@ -102,6 +103,7 @@ def write_figure4(out: Path, entries: list[SlideEntry], refined: tuple[str, str]
     """
     from matplotlib.figure import Figure
 
+    layout = StudyLayout(out)
     by_grade: dict = {}
     for e in entries:
         by_grade.setdefault(e.grade, e)
@@ -114,11 +116,11 @@ def write_figure4(out: Path, entries: list[SlideEntry], refined: tuple[str, str]
             thumb = slide.read_whole(mpp)
             truth = load_annotation(e.annotation, slide.dimensions, slide.mpp, mpp,
                                     tumour_free=e.tumour_free).array
-            heat_file = out / "heatmaps" / "mob" / f"{e.key}{HEATMAP_SUFFIX}"
+            heat_file = slide_outputs(layout.heatmaps("mob"), e.key).heatmap
             heat = None
             if heat_file.exists():  # nearest: one block per patch, as the classifier saw it
                 heat = load_heatmap(heat_file)[0].to_mpp(mpp, slide.dimensions, cv2.INTER_NEAREST).array
-            pred_file = slide_outputs(out / "predictions" / refined[0], e.key).mask
+            pred_file = slide_outputs(layout.predictions(refined[0]), e.key).mask
             pred = load_mask_tiff(pred_file, slide.mpp).to_mpp(mpp, slide.dimensions).array
         panels = [thumb, truth, heat, pred]
         for col, panel in enumerate(panels):
@@ -166,7 +168,7 @@ def write_html_report(out: Path, entries: list[SlideEntry], designs: dict[str, s
     for e in entries:
         cells = []
         for d, label in designs.items():
-            overlay = slide_outputs(out / "predictions" / d, e.key).overlay
+            overlay = slide_outputs(StudyLayout(out).predictions(d), e.key).overlay
             if overlay.exists():
                 cells.append(f"<figure>{_img_tag(overlay, d, '360px', max_side=720)}<figcaption>{html.escape(label)}"
                              "</figcaption></figure>")

@@ -8,8 +8,8 @@ given Nottingham grade and the desmoplastic stroma between them.
 
 Public API::
 
-    make_cohort(out_dir, n_slides=24, seed=0, width=None, height=None, mpp=None, progress=True,
-                stain_set="reference")
+    make_cohort(out_dir, CohortConfig(slides=24, seed=0, width=None, height=None, mpp=None, stain_set="reference"),
+                progress=True)
     make_slide_spec(seed, grade, width, height, mpp, pyramid, stain_set="reference") -> SlideSpec
     render_slide(path, spec, progress=False)
     tumour_geojson(spec) -> dict

@@ -216,17 +216,14 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)
 
 
-def make_cohort(out_dir: str | Path, n_slides: int = 24, seed: int = 0, *, width: int | None = None,  # noqa: PLR0913 - keyword-only settings
-                height: int | None = None, mpp: float | None = None, progress: bool = True,
-                workers: int | None = None, val_fraction: float = 0.2, test_fraction: float = 0.2,
-                stain_set: str = "reference") -> Path:
-    """Generate a phantom cohort in ``out_dir`` and return the path of its ``manifest.csv``.
+def make_cohort(out_dir: str | Path, cfg: CohortConfig, *, progress: bool = True, workers: int | None = None) -> Path:
+    """Generate the phantom cohort ``cfg`` in ``out_dir`` and return the path of its ``manifest.csv``.
 
     Writes ``slides/<name>.tiff``, ``annotations/<name>.geojson`` and, last,
-    ``manifest.csv``. ``width``/``height`` (level-0 px) and ``mpp`` (µm/px) apply
-    to every slide when given; ``val_fraction``/``test_fraction`` are the shares of
+    ``manifest.csv``. ``cfg``: ``slides`` and ``seed``; ``width``/``height`` (level-0 px) and ``mpp`` (µm/px)
+    apply to every slide when given; ``val_fraction``/``test_fraction`` are the shares of
     slides in those splits (stratified by grade); ``stain_set`` the stain colours of every slide
-    ("reference" or "alternative", another lab and scanner). Same arguments, same bytes. Slides render in
+    ("reference" or "alternative", another lab and scanner). Same settings, same bytes. Slides render in
     ``workers`` processes (default: one per CPU core); ``progress`` shows a
     tqdm bar with rate and ETA. Slides whose TIFF and GeoJSON already exist
     (files appear atomically, and rendering is deterministic) are kept, so an
@@ -234,9 +231,9 @@ def make_cohort(out_dir: str | Path, n_slides: int = 24, seed: int = 0, *, width
     """
     from tqdm import tqdm
 
-    CohortConfig(n_slides, seed, width, height, mpp, val_fraction, test_fraction, stain_set)  # checks every value
     out_dir = Path(out_dir)
-    plan = plan_cohort(n_slides, seed, width, height, mpp, val_fraction, test_fraction, stain_set=stain_set)
+    plan = plan_cohort(cfg.slides, cfg.seed, cfg.width, cfg.height, cfg.mpp, cfg.val_fraction, cfg.test_fraction,
+                       stain_set=cfg.stain_set)
     for sub in ("slides", "annotations"):
         try:
             (out_dir / sub).mkdir(parents=True, exist_ok=True)

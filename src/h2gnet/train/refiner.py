@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from h2gnet.conventions import HEATMAP_SUFFIX, MODEL_FILE
+from h2gnet.conventions import MODEL_FILE, slide_outputs
 from h2gnet.errors import H2GNetError
 from h2gnet.infer.heatmap import load_slide_heatmap
 from h2gnet.infer.model_card import ModelCard
@@ -75,7 +75,7 @@ def load_sample(entry: SlideEntry, heatmap_dir: str | Path | None, size: int, *,
         if use_heatmap:
             if heatmap_dir is None:
                 raise H2GNetError(None, "this architecture needs heatmaps: give --heatmaps")
-            heat = load_slide_heatmap(Path(heatmap_dir) / f"{entry.key}{HEATMAP_SUFFIX}", slide)
+            heat = load_slide_heatmap(slide_outputs(heatmap_dir, entry.key).heatmap, slide)
         truth = load_annotation(entry.annotation, slide.dimensions, slide.mpp, low.mpp,
                                 mask_downsample=entry.annotation_downsample, tumour_free=entry.tumour_free)
     return Sample(entry.key, network_input(low, heat, size, normalisation, resize),
