@@ -52,3 +52,17 @@ def test_segment_and_adaptive_sections_are_checked() -> None:
                        ({"evaluate": {"adaptive": True}}, "[evaluate] unknown key 'adaptive'")):
         with pytest.raises(H2GNetError, match=re.escape(words)):
             check_config(bad, "s.toml")
+
+
+def test_demo_scores_enough_test_slides_and_says_what_it_left_out(tmp_path) -> None:
+    from collections import Counter
+
+    from h2gnet.synth.cohort import plan_cohort
+
+    study = Study(load_config(None, "demo"), tmp_path, progress=False)
+    c = study.cohort()
+    splits = Counter(s.split for s in plan_cohort(c.slides, c.seed, val_fraction=c.val_fraction,
+                                                  test_fraction=c.test_fraction))
+    assert splits["test"] >= 10 and splits["train"] >= 8, splits  # a mean over 3 slides meant little
+    assert study.designs == ["mob-pw", "mob-pw-unet"]
+    assert len(study.config["caveats"]) >= 3

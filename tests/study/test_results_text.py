@@ -36,3 +36,20 @@ def test_caveats_are_checked_and_rendered_as_a_list() -> None:
             check_config({"caveats": bad}, "demo.toml")
     html = markdown_table_to_html("Left out:\n- a <b>\n- c\n")
     assert "<ul><li>a &lt;b&gt;</li><li>c</li></ul>" in html
+
+
+def test_a_study_folder_resumes_only_with_its_own_settings(tmp_path) -> None:
+    from h2gnet.study.ablation import Study, check_resumed_config
+
+    config = {"designs": ["mob-pw"], "cohort": {"slides": 16, "seed": 0}, "refine": {"epochs": 150}}
+    check_resumed_config(Study(config, tmp_path, progress=False))  # first run: records the settings
+    assert (tmp_path / "study-config.json").is_file()
+    # designs, caveats and the evaluation may change between runs
+    check_resumed_config(Study({**config, "designs": ["mob-pw", "mob-pw-unet"], "caveats": ["x"],
+                                "evaluate": {"mpp": 4.0}}, tmp_path, progress=False))
+    changed = {**config, "cohort": {"slides": 24, "seed": 0}}
+    with pytest.raises(H2GNetError, match=r"cohort\.slides: 16 then, 24 now"):
+        check_resumed_config(Study(changed, tmp_path, progress=False))
+    with pytest.raises(H2GNetError, match=r"refine\.lr_schedule: None then, 'cosine' now"):
+        check_resumed_config(Study({**config, "refine": {"epochs": 150, "lr_schedule": "cosine"}}, tmp_path,
+                                   progress=False))

@@ -430,6 +430,41 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
+#: Config keys a resumed study may change: the designs (each has folders of its own), what the report lists as
+#: left out, and the evaluation (recomputed on every run).
+RESUMABLE_CHANGES = {"designs", "caveats", "evaluate"}
+
+
+def _first_difference(old: Any, new: Any, where: str = "") -> str | None:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            found = _first_difference(old.get(key), new.get(key), f"{where}.{key}" if where else key)
+            if found:
+                return found
+        return None
+    return None if old == new else f"{where}: {old!r} then, {new!r} now"
+
+
+def check_resumed_config(study: Study) -> None:
+    """A study folder resumes only with the settings it was made with (``study-config.json``, written on its
+    first run): otherwise its cohort, models and predictions would be kept silently under other settings.
+    Changes to :data:`RESUMABLE_CHANGES` are allowed."""
+    path = study.layout.config
+    settings = {k: v for k, v in json.loads(json.dumps(study.config)).items() if k not in RESUMABLE_CHANGES}
+    if not path.exists():
+        write_text(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+        return
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise H2GNetError(path, f"cannot be read ({exc}); delete it to accept this folder's results as they are") \
+            from None
+    found = _first_difference(before, settings)
+    if found:
+        raise H2GNetError(study.out, f"was made with other settings ({found}); results in it would not be those "
+                                     "of this config: use a new folder, or delete it to start again")
+
+
 def run_study(config: dict, out: str | Path, *, progress: bool = True, engine: Engine | None = None) -> dict:
     """Run (or resume) every design of ``config`` into ``out`` and write the results; the per-slide steps
     (heatmaps, segmentation, evaluation) run on ``engine`` (default: in this process)."""
@@ -438,6 +473,7 @@ def run_study(config: dict, out: str | Path, *, progress: bool = True, engine: E
         study.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # e.g. a file of that name
         raise H2GNetError(study.out, f"cannot be the study folder ({exc.strerror or exc})") from None
+    check_resumed_config(study)
     designs = study.designs
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

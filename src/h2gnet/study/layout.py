@@ -18,6 +18,7 @@ class StudyLayout:
         predictions/<design>/  masks, GeoJSON, overlays of the test slides
         results/             table1.md/.csv, table2.md, tukey.md/.csv, slides.csv,
                              dice_boxplot.png, figure4.png, report.html
+        study-config.json    the settings the folder's results were made with (checked on resume)
     """
 
     root: Path
@@ -68,3 +69,8 @@ class StudyLayout:
     def report(self) -> Path:
         """The HTML report in :attr:`results`."""
         return self.results / "report.html"
+
+    @property
+    def config(self) -> Path:
+        """The settings the study was first run with (JSON)."""
+        return self.root / "study-config.json"
