@@ -13,8 +13,9 @@ Steps (each leaves its result in OUT and is skipped when run again, so an interr
    the first k of one seeded permutation).
 3. Arms, all scored by refined Dice on the target's test slides at 8 µm/px:
    ``zero-shot`` (the reference models as they are), ``finetune-k`` (``train-patch --init`` and
-   ``train-refine --init`` from the reference runs on k target slides) and ``scratch-k`` (both stages from
-   random weights on the same k slides).
+   ``train-refine --init`` from the reference runs on k target slides), ``scratch-k`` (both stages from
+   random weights on the same k slides) and, in the ``cpu`` config, ``finelong-k`` (fine-tuned with the
+   from-scratch step budget, at the fine-tuning learning rates).
 4. ``OUT/results``: ``table.md`` (mean ± std per arm), ``tukey.md`` (every arm against zero-shot, and each
    fine-tuned arm against from-scratch on the same slides), ``results.json``.
 
@@ -77,7 +78,11 @@ CONFIGS["cpu"] = {**CONFIGS["cpu-small"], "finetune": [2, 5, 10], "scratch": [5,
                   "reference": {**CONFIGS["cpu-small"]["reference"], "patch": PATCH_480, "refine": REFINE_600},
                   "target": {**CONFIGS["cpu-small"]["target"], "slides": 48, "test_fraction": 0.3},
                   "finetune_refine": {**CONFIGS["cpu-small"]["finetune_refine"], "total_steps": 150},
-                  "scratch_patch": {**PATCH_480, "eval_per_class": 50}, "scratch_refine": REFINE_600}
+                  "scratch_patch": {**PATCH_480, "eval_per_class": 50}, "scratch_refine": REFINE_600,
+                  # fine-tuned with the from-scratch step budget (480 + 600 steps) at the fine-tuning learning rates
+                  "finelong": [5],
+                  "finelong_patch": {**PATCH_480, "lr": 1e-4, "eval_per_class": 50, "freeze_backbone_steps": 60},
+                  "finelong_refine": {k: v for k, v in REFINE_600.items() if k != "input_size"}}
 
 
 def log(message: str) -> None:
@@ -155,11 +160,11 @@ def train_arm(out: Path, cfg: dict, ref: Path, manifest: Path, index: Path, arm:
 
     folder = out / "arms" / f"{arm}-{k}"
     subset = arm_manifest(out, manifest, k, cfg["seed"])
-    finetune = arm == "finetune"
+    finetune = arm != "scratch"  # "finetune", or "finelong": fine-tuned with the from-scratch step budget
     patch_run = folder / "patch"
     if not (patch_run / METRICS_FILE).exists():
         log(f"{arm}-{k}: patch classifier")
-        settings = cfg["finetune_patch" if finetune else "scratch_patch"]
+        settings = cfg[f"{arm}_patch"]
         init = {"init": str(ref / "runs" / "mob")} if finetune else {}
         train_patch_classifier(patch_run, PatchTrainConfig(manifest=str(subset), index_dir=str(index),
                                                            progress=False, **init, **settings))
@@ -171,7 +176,7 @@ def train_arm(out: Path, cfg: dict, ref: Path, manifest: Path, index: Path, arm:
     refine_run = folder / "refine"
     if not (refine_run / METRICS_FILE).exists():
         log(f"{arm}-{k}: refiner")
-        settings = cfg["finetune_refine" if finetune else "scratch_refine"]
+        settings = cfg[f"{arm}_refine"]
         init = {"init": str(ref / "runs" / "unet")} if finetune else {}
         train_refiner(refine_run, RefineTrainConfig(manifest=str(subset), heatmaps=str(heat), arch="unet",
                                                     progress=False, **init, **settings))
@@ -223,7 +228,7 @@ def run_arms(out: Path, cfg: dict, ref: Path, manifest: Path, index: Path, only:
     """Zero-shot, then the arms in the order of the comparisons that matter (5 slides first); results after
     each arm, so an interrupted run still has a table. ``only``: these arms (zero-shot is always scored)."""
     arms = [("finetune", 5), ("scratch", 5)] + [("finetune", k) for k in cfg["finetune"] if k != 5] + \
-        [("scratch", k) for k in cfg["scratch"] if k != 5]
+        [("scratch", k) for k in cfg["scratch"] if k != 5] + [("finelong", k) for k in cfg.get("finelong", [])]
     if only is not None:
         arms = [(a, k) for a, k in arms if f"{a}-{k}" in only]
     timings_path = out / "results" / "timings.json"
