@@ -53,3 +53,17 @@ def test_a_study_folder_resumes_only_with_its_own_settings(tmp_path) -> None:
     with pytest.raises(H2GNetError, match=r"refine\.lr_schedule: None then, 'cosine' now"):
         check_resumed_config(Study({**config, "refine": {"epochs": 150, "lr_schedule": "cosine"}}, tmp_path,
                                    progress=False))
+
+
+def test_a_folder_from_before_the_record_is_checked_by_its_cohort_size(tmp_path) -> None:
+    from h2gnet.study.ablation import Study, check_resumed_config
+
+    (tmp_path / "cohort").mkdir()
+    rows = "".join(f"slides/p{i}.tiff,annotations/p{i}.geojson,1,train\n" for i in range(16))
+    (tmp_path / "cohort" / "manifest.csv").write_text("slide,annotation,grade,split\n" + rows)
+    with pytest.raises(H2GNetError, match="phantom cohort of 16 slides, the config asks for 24"):
+        check_resumed_config(Study({"cohort": {"slides": 24}}, tmp_path, progress=False))
+    assert not (tmp_path / "study-config.json").exists()
+    with pytest.warns(UserWarning, match="made before studies recorded their settings"):
+        check_resumed_config(Study({"cohort": {"slides": 16}}, tmp_path, progress=False))
+    assert (tmp_path / "study-config.json").is_file()

@@ -11,9 +11,11 @@ where it stopped. ``h2gnet demo`` is the same machinery with two designs. The ou
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 import tomllib
+import warnings
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -452,6 +454,16 @@ def check_resumed_config(study: Study) -> None:
     path = study.layout.config
     settings = {k: v for k, v in json.loads(json.dumps(study.config)).items() if k not in RESUMABLE_CHANGES}
     if not path.exists():
+        manifest = study.layout.manifest
+        if manifest.exists() and "manifest" not in study.section("cohort"):  # a folder from before this record
+            with manifest.open(newline="") as f:  # rows only: the manifest itself is checked when it is read
+                made = sum(1 for _ in csv.DictReader(f))
+            if made != study.cohort().slides:
+                raise H2GNetError(study.out, f"holds a phantom cohort of {made} slides, the config asks for "
+                                             f"{study.cohort().slides}: use a new folder, or delete it to start again")
+            warnings.warn(f"{study.out}: made before studies recorded their settings; its cohort, models and "
+                          "predictions are kept as they are (use a new folder if the config changed)",
+                          UserWarning, stacklevel=2)
         write_text(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
         return
     try:
