@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from segment_wsi import make_slide, make_trained_patch_model, make_truth
+from segment_wsi import add_slide_options, make_slide, make_trained_patch_model, make_truth
 
 SETTINGS = {"default": {}, "wide": {"stride": 4, "radius": 2, "low": 0.3, "high": 0.7, "check": "mean"}}
 
@@ -68,10 +68,7 @@ def run_variant(slide_path: Path, model, tissue, variant: str, args: argparse.Na
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--width", type=int, default=80_000)
-    ap.add_argument("--height", type=int, default=60_000)
-    ap.add_argument("--mpp", type=float, default=0.25)
-    ap.add_argument("--cache", type=Path, default=Path(".bench"))
+    add_slide_options(ap)
     ap.add_argument("--patch-size", type=int, default=256)
     ap.add_argument("--patch-mpp", type=float, default=1.0)
     ap.add_argument("--patch-model", type=Path, default=None, help="another (trained) patch model")

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from segment_wsi import FAST_ENGINES, STAGES, make_slide, make_truth
+from segment_wsi import FAST_ENGINES, STAGES, add_slide_options, make_slide, make_truth
 
 EVAL_MPP = 8.0
 
@@ -176,10 +176,7 @@ def run_fast(slide: Path, patch: Path, refine: Path, cache: Path, engine: str = 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--width", type=int, default=80_000)
-    ap.add_argument("--height", type=int, default=60_000)
-    ap.add_argument("--mpp", type=float, default=0.25)
-    ap.add_argument("--cache", type=Path, default=Path(".bench"))
+    add_slide_options(ap)
     ap.add_argument("--device", default="cpu", help="cpu (ONNX Runtime), openvino, cuda, tensorrt")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=16)

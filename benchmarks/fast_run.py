@@ -34,15 +34,19 @@ from pathlib import Path
 import numpy as np
 
 
-def warmup_slide(folder: Path) -> Path:
-    """A small phantom slide (2048 × 1536 px at 0.5 µm/px, pyramid 1-4-16) for FAST's warm-up run."""
-    from h2gnet.synth import make_slide_spec, render_slide
-
-    path = folder / "fast_warmup.tiff"
+def cached_phantom(path: Path, seed: int, width: int, height: int) -> Path:
+    """A grade-2 phantom slide of ``width`` × ``height`` level-0 px at 0.5 µm/px (pyramid 1-4-16), rendered once."""
     if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        render_slide(path, make_slide_spec(0, 2, 2048, 1536, 0.5, (1, 4, 16)))
+        from h2gnet.synth import make_slide_spec, render_slide
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        render_slide(path, make_slide_spec(seed, 2, width, height, 0.5, (1, 4, 16)))
     return path
+
+
+def warmup_slide(folder: Path) -> Path:
+    """A small phantom slide (2048 × 1536 px) for FAST's warm-up run."""
+    return cached_phantom(folder / "fast_warmup.tiff", 0, 2048, 1536)
 
 
 def h2gnet_outputs(slide_path: Path, args: argparse.Namespace) -> tuple[dict, Path]:

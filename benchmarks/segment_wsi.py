@@ -52,6 +52,14 @@ import numpy as np
 TISSUE_TARGET = 0.40
 
 
+def add_slide_options(ap: argparse.ArgumentParser) -> None:
+    """The benchmark slide's options (level-0 px, µm/px) and the cache folder, shared by the whole-slide benchmarks."""
+    ap.add_argument("--width", type=int, default=80_000)
+    ap.add_argument("--height", type=int, default=60_000)
+    ap.add_argument("--mpp", type=float, default=0.25)
+    ap.add_argument("--cache", type=Path, default=Path(".bench"))
+
+
 def make_slide(cache: Path, width: int, height: int, mpp: float) -> Path:
     """The benchmark slide (rendered once): the seed whose tissue fraction is closest to 40 %."""
     from h2gnet.synth import render_slide
@@ -379,10 +387,7 @@ def mode_row(runs: list[dict], ceilings: list[float]) -> dict:
 
 def main() -> None:  # noqa: PLR0915 - one report
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--width", type=int, default=80_000)
-    ap.add_argument("--height", type=int, default=60_000)
-    ap.add_argument("--mpp", type=float, default=0.25)
-    ap.add_argument("--cache", type=Path, default=Path(".bench"))
+    add_slide_options(ap)
     ap.add_argument("--device", default="cpu", help="cpu (ONNX Runtime), openvino, cuda, tensorrt")
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="OpenVINO precision")
     ap.add_argument("--patch-model", type=Path, default=None, help="another patch model")

@@ -35,13 +35,9 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 
 def small_slide(cache: Path) -> Path:
     """A 5,000 × 4,000 px phantom at 0.5 µm/px (pyramid 1-4-16), rendered once."""
-    path = cache / "startup_phantom.tiff"
-    if not path.exists():
-        from h2gnet.synth import make_slide_spec, render_slide
+    from fast_run import cached_phantom  # benchmarks/fast_run.py (imports h2gnet only to render)
 
-        cache.mkdir(parents=True, exist_ok=True)
-        render_slide(path, make_slide_spec(3, 2, 5000, 4000, 0.5, (1, 4, 16)))
-    return path
+    return cached_phantom(cache / "startup_phantom.tiff", 3, 5000, 4000)
 
 
 def child(cmd: list[str], src: Path) -> tuple[float, float]:

@@ -458,9 +458,10 @@ def check_resumed_config(study: Study) -> None:
         if manifest.exists() and "manifest" not in study.section("cohort"):  # a folder from before this record
             with manifest.open(newline="") as f:  # rows only: the manifest itself is checked when it is read
                 made = sum(1 for _ in csv.DictReader(f))
-            if made != study.cohort().slides:
+            asked = study.cohort().slides
+            if made != asked:
                 raise H2GNetError(study.out, f"holds a phantom cohort of {made} slides, the config asks for "
-                                             f"{study.cohort().slides}: use a new folder, or delete it to start again")
+                                             f"{asked}: use a new folder, or delete it to start again")
             warnings.warn(f"{study.out}: made before studies recorded their settings; its cohort, models and "
                           "predictions are kept as they are (use a new folder if the config changed)",
                           UserWarning, stacklevel=2)
