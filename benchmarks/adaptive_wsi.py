@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from segment_wsi import FAST_ENGINES, STAGES, add_slide_options, make_slide, make_truth
+from segment_wsi import FAST_ENGINES, STAGES, add_slide_options, make_slide, make_truth, run_measured
 
 EVAL_MPP = 8.0
 
@@ -106,20 +106,14 @@ def run_segment(slide: Path, patch: Path, refine: Path, out: Path, mode: str, ar
     CPU seconds, its own peak RSS."""
     from h2gnet.conventions import slide_outputs
 
-    cmd = [sys.executable, "-m", "h2gnet.cli", "-q", "segment", str(slide), "--patch-model", str(patch),
+    cmd = ["-q", "segment", str(slide), "--patch-model", str(patch),
            "--refine-model", str(refine), "-o", str(out), "--overwrite", "--device", args.device,
            "--batch-size", str(args.batch_size), "--readers", str(args.readers), *MODES[mode]]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise SystemExit(f"segment --{mode} failed with exit status {proc.returncode}")
+    measured = run_measured(cmd, f"segment --{mode}")
     summary = json.loads(slide_outputs(out, slide.stem).summary.read_text())
-    summary.update(wall=wall, cpu=usage.ru_utime + usage.ru_stime, peak_rss_mb=usage.ru_maxrss / 1024)
+    summary.update(measured)
     return summary
 
 

@@ -58,7 +58,8 @@ def h2gnet_outputs(slide_path: Path, args: argparse.Namespace) -> tuple[dict, Pa
     summary = slide_outputs(folder, slide_path.stem).summary
     if summary.exists():
         return json.loads(summary.read_text()), folder
-    cfg = SegmentConfig(patch_model=args.patch_model, refine_model=args.refine_model, progress=False)
+    cfg = SegmentConfig(patch_model=args.patch_model, refine_model=args.refine_model, progress=False,
+                        adaptive=None)  # dense, as FAST: the outputs are compared patch by patch
     return segment_slide(slide_path, folder, Models.load(cfg), cfg, args.mpp), folder
 
 

@@ -77,7 +77,7 @@ def main() -> None:
         acc = evaluate_patch_model(model, test_ix, per_class=None, progress=False)["balanced_accuracy"]
         pred_dir = out / name
         cfg = SegmentConfig(patch_model=model_path, refine_model=refine, device=device, precision=precision,
-                            threads=args.threads, progress=False)
+                            threads=args.threads, progress=False, adaptive=None)  # dense: the same patches
         segment_many([str(e.slide) for e in tests], pred_dir, cfg)
         rows = evaluate_predictions(tests, pred_dir, progress=False)
         results[name] = {"patch_balanced_accuracy": acc, "dice": float(np.mean([r["dice"] for r in rows])),

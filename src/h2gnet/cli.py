@@ -332,8 +332,8 @@ def _add_adaptive_options(p: argparse.ArgumentParser, *, adaptive: bool) -> None
     g = p.add_mutually_exclusive_group()
     g.add_argument("--adaptive", dest="adaptive", action="store_true", default=adaptive,
                    help="coarse-to-fine: classify a sparse lattice of patches, then only where the result could "
-                        "change (uncertain or disagreeing neighbours), fill the rest" + (" (default)" if adaptive
-                                                                                         else ""))
+                        "change (uncertain or disagreeing neighbours, tissue edges), fill the rest from the "
+                        "neighbours around" + (" (default)" if adaptive else ""))
     g.add_argument("--dense", dest="adaptive", action="store_false",
                    help="classify every tissue patch" + ("" if adaptive else " (default)"))
     add_param(p, AdaptiveConfig, "stride")

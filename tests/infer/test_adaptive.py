@@ -80,6 +80,20 @@ def test_tissue_the_lattice_misses_is_classified() -> None:
     assert np.allclose(res.values[tissue], 0.03)
 
 
+def test_a_border_cell_is_classified_not_extrapolated() -> None:
+    # A tumour that fades out at the edge of the tissue: the last tissue row is uncertain, its lattice
+    # neighbours (one row in) confident. Filling it from one side would make it tumour; it must be read.
+    tissue = np.zeros((12, 12), bool)
+    tissue[1:11, 1:11] = True
+    prob = np.full(tissue.shape, 0.97, np.float32)
+    prob[10, :] = 0.25  # the edge row, off the lattice (which sits on rows and columns 1, 3, 5, 7, 9)
+    for check in ("any", "mean"):
+        res = adaptive_values(tissue, Recorder(prob), AdaptiveConfig(check=check))
+        assert res.classified[10, 1:11].all(), check
+        assert np.array_equal(res.values > 0.5, tissue & (prob > 0.5)), check
+        assert res.fraction < 0.9, check  # the enclosed interior is still filled
+
+
 def test_mean_check_skips_a_lone_uncertain_neighbour_and_keeps_the_decision() -> None:
     tissue = np.ones((21, 21), bool)
     prob = np.full(tissue.shape, 0.03, np.float32)

@@ -160,7 +160,7 @@ def compare_slide(slide_path: str | Path, out_dir: str | Path, *, preset: str = 
     patch_model = preset_model(preset, "patch-classifier", models_dir)
     refine_model = preset_model(preset, "refiner", models_dir)
     cfg = SegmentConfig(patch_model=patch_model, refine_model=refine_model, preset=preset, threads=threads,
-                        progress=False)
+                        progress=False, adaptive=None)  # dense, as FAST's pipeline: the comparison is of the engines
     models = Models.load(cfg)  # the preset's cards, or a NAME.card.json beside a file (it takes precedence)
     assert models.patch is not None and models.refine is not None and models.refine.card is not None
     with open_slide(slide_path, mpp) as slide:  # h2gnet first: a slide h2gnet refuses is not given to FAST

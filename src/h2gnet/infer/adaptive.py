@@ -9,7 +9,10 @@ follows from its neighbours'. The adaptive evaluation
 2. marks for classification every unclassified tissue patch whose neighbourhood
    (the classified patches within ``radius`` cells, Chebyshev distance) is
    *uncertain* or *disagrees* (values on both sides of ``threshold``: tumour
-   borders, isolated positives). Uncertain (``check``): "any" — some classified
+   borders, isolated positives) or does not *enclose* it (the centre of its
+   classified neighbours lies more than half the radius away from it, as at
+   the edge of the tissue, where a fill would extrapolate from one side).
+   Uncertain (``check``): "any" — some classified
    neighbour has ``low < p < high`` (the safest, most patches); "mean" — the mean
    of the classified neighbours, the value the patch would be filled with, is
    between ``low`` and ``high`` (fewer patches: a single uncertain neighbour
@@ -18,7 +21,8 @@ follows from its neighbours'. The adaptive evaluation
    shifted lattice of its own;
 3. classifies the marked patches and repeats step 2 until nothing is marked;
 4. fills every other tissue patch with the mean of its classified neighbours
-   (all confident and on the same side of the threshold, by construction).
+   (all confident, on the same side of the threshold and around it, by
+   construction: an interpolation, never an extrapolation).
 
 ``stride`` 1 classifies every tissue patch: the dense heatmap, exactly. The
 algorithm works on the patch grid only; reading and classifying are the
@@ -103,9 +107,20 @@ def _box_sum(a: np.ndarray, window: int) -> np.ndarray:
                          borderType=cv2.BORDER_CONSTANT)
 
 
+def _offset_sums(known: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sums of the row and column offsets (in cells) of the ``known`` cells within ``radius`` of each cell."""
+    offsets = np.arange(-radius, radius + 1, dtype=np.float32)
+    kx = np.tile(offsets, (offsets.size, 1))
+    # filter2D correlates: dst[y, x] = sum over (i, j) of kernel[i, j] * src[y + i - r, x + j - r]
+    sx = cv2.filter2D(known, -1, kx, borderType=cv2.BORDER_CONSTANT)
+    sy = cv2.filter2D(known, -1, np.ascontiguousarray(kx.T), borderType=cv2.BORDER_CONSTANT)
+    return sy, sx
+
+
 def to_classify(tissue: np.ndarray, classified: np.ndarray, values: np.ndarray, cfg: AdaptiveConfig) -> np.ndarray:
-    """Unclassified tissue cells whose classified neighbourhood is uncertain or disagrees, and tissue the
-    classified cells do not reach yet, on a lattice of its own (the shifted lattice with most such cells)."""
+    """Unclassified tissue cells whose classified neighbourhood is uncertain, disagrees or does not enclose
+    them, and tissue the classified cells do not reach yet, on a lattice of its own (the shifted lattice with
+    most such cells)."""
     known = classified.astype(np.float32)
     n = _box_sum(known, cfg.window)
     positive = _box_sum(known * (values >= cfg.threshold), cfg.window)
@@ -114,8 +129,12 @@ def to_classify(tissue: np.ndarray, classified: np.ndarray, values: np.ndarray, 
         uncertain = (n > 0.5) & (mean > cfg.low) & (mean < cfg.high)
     else:  # box sums of 0/1 floats are exact integers well below 2^24
         uncertain = _box_sum(known * ((values > cfg.low) & (values < cfg.high)), cfg.window) > 0.5
+    radius = cfg.window // 2
+    sy, sx = _offset_sums(known, radius)
+    reach = 0.5 * radius * np.maximum(n, 1.0) + 1e-3  # |centre offset| <= radius / 2, without dividing
+    one_sided = (n > 0.5) & ((np.abs(sy) > reach) | (np.abs(sx) > reach))
     open_ = tissue & ~classified
-    out = open_ & (uncertain | ((positive > 0.5) & (positive < n - 0.5)))
+    out = open_ & (uncertain | one_sided | ((positive > 0.5) & (positive < n - 0.5)))
     uncovered = open_ & (n < 0.5)
     if uncovered.any():
         s = cfg.stride

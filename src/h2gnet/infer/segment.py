@@ -21,7 +21,7 @@ import tempfile
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -74,7 +74,8 @@ class SegmentConfig:
     ``refine_model`` None gives the patch-wise result (heatmap > 0.5); a 3-channel
     refiner (UNet-LR) needs no ``patch_model``. ``heatmap_dir``: reuse stage-1
     heatmaps found there (``NAME.heatmap.tiff``) instead of recomputing them. ``adaptive``: coarse-to-fine
-    patch evaluation (:mod:`h2gnet.infer.adaptive`); None classifies every tissue patch (dense). ``preset``: the model
+    patch evaluation (:mod:`h2gnet.infer.adaptive`; the default, with its default settings, since its accuracy
+    study: docs/performance.md); None classifies every tissue patch (dense). ``preset``: the model
     card of models without h2gnet metadata and without ``NAME.card.json`` beside them (e.g. "h2gnet-2022").
     """
 
@@ -94,7 +95,7 @@ class SegmentConfig:
     tta: bool = param(False, Rule(bool, help="test-time augmentation of the refiner: average its output over the "
                                              "eight flips and quarter turns of its input"))
     progress: bool = param(True, Rule(bool))
-    adaptive: AdaptiveConfig | None = None
+    adaptive: AdaptiveConfig | None = field(default_factory=AdaptiveConfig)
     preset: str | None = param(None, Rule(str, choices=tuple(preset_names()), optional=True,
                                           help="conventions of published models (a model card): without "
                                                "--patch-model/--refine-model, the files `h2gnet fetch-models "

@@ -37,6 +37,7 @@ from h2gnet.synth.noise import (
 )
 from h2gnet.synth.spec import TUBULE, SlideSpec
 from h2gnet.synth.structures import GlandCanvases, draw_glands, inside_glands, lining_nuclei, tumour_nuclei
+from h2gnet.synth.style import STAIN_SETS
 
 _MARGIN_PX = 8  # level-0 px rendered around a region (blur support, seamless borders)
 _FBM_STD = 0.32  # standard deviation of fbm_grid (3 octaves), used to normalise it
@@ -104,6 +105,8 @@ class SceneRenderer:
 
     def __init__(self, spec: SlideSpec) -> None:
         self.spec = spec
+        self.blur_px = STAIN_SETS[spec.stain_set].blur_um / spec.mpp  # the scan's optical blur (sigma, level-0 px)
+        self.margin = max(_MARGIN_PX, math.ceil(3.0 * self.blur_px))
         self.k = max(1, round(1.0 / spec.mpp))
         self.cu = self.k * spec.mpp  # µm per coarse pixel
         self.seeds = _Seeds.of(spec.seed)
@@ -394,10 +397,10 @@ class SceneRenderer:
     def render(self, x: int, y: int, w: int, h: int) -> np.ndarray:
         """RGB uint8 (h, w, 3) of level-0 pixels ``[x, x+w) x [y, y+h)``; may extend past the slide edge."""
         k = self.k
-        x0 = (x - _MARGIN_PX) // k * k
-        y0 = (y - _MARGIN_PX) // k * k
-        pw = -(-(x + w + _MARGIN_PX - x0) // k) * k
-        ph = -(-(y + h + _MARGIN_PX - y0) // k) * k
+        x0 = (x - self.margin) // k * k
+        y0 = (y - self.margin) // k * k
+        pw = -(-(x + w + self.margin - x0) // k) * k
+        ph = -(-(y + h + self.margin - y0) // k) * k
         coarse = self._coarse(x0, y0, pw, ph)
         e = self._upsample(coarse.e, pw, ph)
         hh = self._upsample(coarse.h, pw, ph)
@@ -462,7 +465,7 @@ class SceneRenderer:
         hh, e = hh.astype(np.float32, copy=False), e.astype(np.float32, copy=False)
         neg_od = [hh * float(-od_h[c]) + (e * float(-od_e[c]) - float(glass[c])) for c in range(3)]
         rgb = cv2.exp(cv2.merge(neg_od))
-        sigma = 0.3 / self.spec.mpp
+        sigma = self.blur_px
         if sigma > 0.25:
             rgb = cv2.GaussianBlur(rgb, (0, 0), sigma)
         rgb = cv2.scaleAdd(rgb, 255.0, self._grain_window(x0, y0, pw, ph))

@@ -85,6 +85,7 @@ class StainSet:
     plus a normal tilt of ``tilt_sd`` per channel. ``h_scale`` / ``e_scale``: ranges of the staining
     strengths. ``glass_od``: optical density (R, G, B) of bare glass, shifted per slide by a uniform
     ``glass_shift`` and per channel by a normal ``glass_sd``, then clipped to ``glass_clip``.
+    ``blur_um``: the scanner's optical blur, a Gaussian's sigma in µm (0.3: a sharp scan).
     """
 
     name: str
@@ -100,6 +101,7 @@ class StainSet:
     glass_shift: float = 0.015
     glass_sd: float = 0.006
     glass_clip: tuple[float, float] = (0.01, 0.08)
+    blur_um: float = 0.3
 
 
 #: Stain sets by name (``stain_set`` of :func:`h2gnet.synth.make_slide_spec` and the cohort).
@@ -115,10 +117,18 @@ STAIN_SETS: dict[str, StainSet] = {
         "alternative", (0.78, 0.60, 0.17), (0.70, 0.64, 0.31), (0.02, 0.88, 0.47), (0.06, 0.78, 0.62),
         h_scale=(1.0, 1.45), e_scale=(0.55, 0.95), glass_od=(0.025, 0.035, 0.055), glass_clip=(0.01, 0.1),
     ),
+    # the alternative lab's stains scanned out of focus (a worn or badly focused scanner): a blur that the
+    # trainers' augmentations (flips, turns, colour, stain, zoom) do not imitate
+    "defocused": StainSet(
+        "defocused", (0.78, 0.60, 0.17), (0.70, 0.64, 0.31), (0.02, 0.88, 0.47), (0.06, 0.78, 0.62),
+        h_scale=(1.0, 1.45), e_scale=(0.55, 0.95), glass_od=(0.025, 0.035, 0.055), glass_clip=(0.01, 0.1),
+        blur_um=1.5,
+    ),
 }
 #: The accepted values of ``stain_set`` (the cohort config, ``h2gnet synth --stain-set``, make_slide_spec).
 STAIN_SET_RULE = Rule(str, choices=tuple(STAIN_SETS),
-                      help="stain colours: reference, or alternative (another lab and scanner)")
+                      help="stain colours and scan: reference, alternative (another lab and scanner), or "
+                           "defocused (the alternative stains scanned out of focus)")
 
 
 def _perturbed_unit(rng: np.random.Generator, ref: tuple[float, ...], scanned: tuple[float, ...],
