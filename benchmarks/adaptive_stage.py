@@ -3,6 +3,7 @@
 Usage:
     python benchmarks/adaptive_stage.py [--cache .bench] [--patch-size 256 --patch-mpp 1] [--repeat 3]
                                         [--settings default wide] [--batch-size 16] [--readers 2]
+                                        [--device cpu|openvino --precision fp32|bf16]
 
 On the whole-slide benchmark's slide and a trained patch model (both made and cached by
 ``benchmarks/segment_wsi.py``'s functions; ``--patch-size 128 --patch-mpp 2`` is the CPU study's patch
@@ -79,6 +80,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--readers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu", help="cpu (ONNX Runtime), openvino, cuda, tensorrt")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="OpenVINO precision")
     args = ap.parse_args()
 
     from h2gnet.infer.runtime import OnnxModel, default_threads
@@ -90,7 +93,7 @@ def main() -> None:
     truth = make_truth(args.cache, args.width, args.height, args.mpp)
     patch = args.patch_model or make_trained_patch_model(args.cache, slide_path, truth, args.patch_size,
                                                          args.patch_mpp)
-    model = OnnxModel(patch, "patch-classifier", "cpu", args.threads or default_threads())
+    model = OnnxModel(patch, "patch-classifier", args.device, args.threads or default_threads(), args.precision)
     with open_slide(slide_path) as slide:
         tissue = detect_tissue(slide)
     variants = ["dense"]
@@ -110,8 +113,8 @@ def main() -> None:
             model(batch[: min(args.batch_size, n - start)])
         return time.perf_counter() - t0
 
-    report: dict = {"slide": str(slide_path), "model": str(patch), "patch_size": size, "patch_mpp": model.mpp,
-                    "repeat": args.repeat, "load_average_before": [round(v, 2) for v in load]}
+    report: dict = {"slide": str(slide_path), "model": str(patch), "engine": model.engine, "patch_size": size,
+                    "patch_mpp": model.mpp, "repeat": args.repeat, "load_average_before": [round(v, 2) for v in load]}
     def median(values: list[float]) -> float:  # the middle run (the upper one of an even number), as for the rows
         return sorted(values)[len(values) // 2]
 

@@ -42,4 +42,11 @@ def test_openvino_engine_agrees_with_onnxruntime(patch_run: Path) -> None:
     ov_model = OnnxModel(patch_run / "model.onnx", "patch-classifier", device="openvino", threads=1)
     assert ov_model.engine.startswith("openvino")
     assert np.abs(ort_model(x) - ov_model(x)).max() < 1e-4
-    assert ov_model(x[:2]).shape == (2, 2)  # another batch size recompiles
+    # a smaller batch (an adaptive round's last) runs padded to the compiled size: same outputs, no new compile
+    small = ov_model(x[:2])
+    assert small.shape == (2, 2)
+    assert np.abs(small - ort_model(x[:2])).max() < 1e-4
+    assert sorted(ov_model._openvino.compiled) == [5]
+    wide = np.concatenate([x] * 8)  # 40 rows: more than any compiled size, so compiled for
+    assert np.abs(ov_model(wide) - ort_model(wide)).max() < 1e-4
+    assert sorted(ov_model._openvino.compiled) == [5, 40]
