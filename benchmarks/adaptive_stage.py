@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from segment_wsi import add_slide_options, make_slide, make_trained_patch_model, make_truth
+from segment_wsi import add_engine_options, add_slide_options, make_slide, make_trained_patch_model, make_truth
 
 SETTINGS = {"default": {}, "wide": {"stride": 4, "radius": 2, "low": 0.3, "high": 0.7, "check": "mean"}}
 
@@ -80,8 +80,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--readers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--device", default="cpu", help="cpu (ONNX Runtime), openvino, cuda, tensorrt")
-    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="OpenVINO precision")
+    add_engine_options(ap)
     args = ap.parse_args()
 
     from h2gnet.infer.runtime import OnnxModel, default_threads

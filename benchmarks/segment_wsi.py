@@ -419,11 +419,16 @@ def mode_row(runs: list[dict], ceilings: list[float]) -> dict:
             "model_only_runs_seconds": [round(c, 2) for c in ceilings]}
 
 
+def add_engine_options(ap: argparse.ArgumentParser) -> None:
+    """What runs the patch model (``--device``, ``--precision``), shared by the whole-slide benchmarks."""
+    ap.add_argument("--device", default="cpu", help="cpu (ONNX Runtime), openvino, cuda, tensorrt")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="OpenVINO precision")
+
+
 def main() -> None:  # noqa: PLR0915 - one report
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_slide_options(ap)
-    ap.add_argument("--device", default="cpu", help="cpu (ONNX Runtime), openvino, cuda, tensorrt")
-    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="OpenVINO precision")
+    add_engine_options(ap)
     ap.add_argument("--patch-model", type=Path, default=None, help="another patch model")
     ap.add_argument("--patch-size", type=int, default=256, help="the trained model's patch side, px")
     ap.add_argument("--patch-mpp", type=float, default=1.0, help="the trained model's µm/px")

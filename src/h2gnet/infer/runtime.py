@@ -505,8 +505,8 @@ class _OpenVinoEngine:
         compiled = self.compiled.get(size)
         if compiled is None:
             model = self.core.read_model(str(self.path))
-            model.reshape([n, *batch.shape[1:]])
-            compiled = self.compiled[n] = self.core.compile_model(model, "CPU", self.config)
+            model.reshape([size, *batch.shape[1:]])
+            compiled = self.compiled[size] = self.core.compile_model(model, "CPU", self.config)
         if size > n:  # the rows are independent (inference mode): zero rows in, their outputs dropped
             batch = np.concatenate([batch, np.zeros((size - n, *batch.shape[1:]), batch.dtype)])
         return next(iter(compiled(batch).values()))[:n]
