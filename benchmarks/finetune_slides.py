@@ -1,7 +1,8 @@
 """How many slides does a new lab need? Fine-tuning vs training from scratch on a phantom stain shift (issue 23).
 
 Usage:
-    python benchmarks/finetune_slides.py OUT [--config cpu-small|cpu|cpu-defocus] [--arms A,B] [--prepare-only]
+    python benchmarks/finetune_slides.py OUT [--config cpu-small|cpu|cpu-defocus|cpu-defocus-blur|cpu-defocus-tuneblur]
+        [--arms A,B] [--prepare-only] [--reuse-cohorts RUN]
 
 Steps (each leaves its result in OUT and is skipped when run again, so an interrupted run resumes):
 
@@ -19,9 +20,13 @@ Steps (each leaves its result in OUT and is skipped when run again, so an interr
 4. ``OUT/results``: ``table.md`` (mean ± std per arm), ``tukey.md`` (every arm against zero-shot, and each
    fine-tuned arm against from-scratch on the same slides), ``results.json``.
 
-The configs are sized for a 2-core CPU: ``cpu`` (the alternative stain set) and ``cpu-defocus`` (the same stains
-scanned out of focus: a shift the trainers' augmentation does not cover) are what the guide's figures were
-measured with; ``cpu-small`` the earlier, shorter recipe (the changelog's figures).
+The configs are sized for a 2-core CPU: ``cpu`` (the alternative stain set), ``cpu-defocus`` (the same stains
+scanned out of focus: a shift the paper's augmentations do not cover) and ``cpu-defocus-blur`` (that study with
+Gaussian blur added to every patch classifier's augmentations, ``--blur-um 2``) and ``cpu-defocus-tuneblur``
+(the ``cpu-defocus`` reference, trained without blur, fine-tuned with it) are what the guide's figures were
+measured with; ``cpu-small`` the earlier, shorter recipe (the changelog's figures). ``paired.md`` compares arms
+on the same test slides (paired t-test): each arm with zero-shot, each fine-tuned arm with from scratch on the
+same slides.
 """
 
 from __future__ import annotations
@@ -93,6 +98,25 @@ CONFIGS["cpu-defocus"] = {**CONFIGS["cpu"], "finetune": [5], "scratch": [2, 5, 1
                           "target": {**CONFIGS["cpu"]["target"], "slides": 60, "stain_set": "defocused",
                                      "test_fraction": 0.4}}
 
+#: The augmentation lever: the same study with Gaussian blur added to every patch classifier's augmentations
+#: (``--blur-um 2``: half of the patches blurred with σ uniform in [0, 2] µm) — the reference as well as every
+#: arm, so zero-shot measures a reference trained to expect other focus, and the arms the recipe with blur.
+#: The target cohort is the ``cpu-defocus`` one (a link to its folder saves rendering it again: same seed).
+BLUR_UM = 2.0
+CONFIGS["cpu-defocus-blur"] = {
+    **CONFIGS["cpu-defocus"], "finetune": [5], "finelong": [5, 2, 10], "scratch": [5, 2, 10],
+    "reference": {**CONFIGS["cpu-defocus"]["reference"], "patch": {**PATCH_480, "blur_um": BLUR_UM}},
+    **{f"{arm}_patch": {**CONFIGS["cpu-defocus"][f"{arm}_patch"], "blur_um": BLUR_UM}
+       for arm in ("finetune", "finelong", "scratch")}}
+
+#: The recipe for a source trained *without* blur (the published model's case): the ``cpu-defocus`` reference as
+#: it is, fine-tuned with blur in the classifier's augmentations (short and full budget, 5 slides); compare with
+#: ``cpu-defocus``'s finetune-5 / finelong-5 on the same slides.
+CONFIGS["cpu-defocus-tuneblur"] = {
+    **CONFIGS["cpu-defocus"], "finetune": [5], "finelong": [5], "scratch": [],
+    **{f"{arm}_patch": {**CONFIGS["cpu-defocus"][f"{arm}_patch"], "blur_um": BLUR_UM}
+       for arm in ("finetune", "finelong")}}
+
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
@@ -129,16 +153,47 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path)
     parser.add_argument("--config", default="cpu-small", choices=sorted(CONFIGS))
     parser.add_argument("--prepare-only", action="store_true")
+    parser.add_argument("--reuse-cohorts", type=Path, default=None, metavar="RUN",
+                        help="link the reference and target cohorts (slides, annotations, patch indexes) of another "
+                             "run folder whose config made the same cohorts (cpu-defocus for cpu-defocus-blur), and "
+                             "its reference cascade when trained with this config's settings (cpu-defocus for "
+                             "cpu-defocus-tuneblur), instead of making them again")
     parser.add_argument("--arms", default=None,
                         help="comma-separated arms to run (e.g. finetune-5,scratch-5; default: all of the config)")
     args = parser.parse_args(argv)
     cfg = CONFIGS[args.config]
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.reuse_cohorts is not None:
+        link_cohorts(args.out, args.reuse_cohorts.resolve(), cfg)
     ref, manifest, index = prepare(args.out, cfg)
     log(f"prepared: {ref}, {manifest}, {index}")
     if args.prepare_only:
         return 0
     return run_arms(args.out, cfg, ref, manifest, index, args.arms.split(",") if args.arms else None)
+
+
+def link_cohorts(out: Path, other: Path, cfg: dict) -> None:
+    """Link ``other``'s reference cohort and index and its target folder into ``out``, after checking that they
+    are the cohorts ``cfg`` makes (the reference's cohort settings, the target's slide count); when ``other``'s
+    reference cascade was also trained with ``cfg``'s settings, link the whole reference (models included)."""
+    recorded = json.loads((other / "reference" / "study-config.json").read_text())
+    reference = cfg["reference"]
+    if recorded.get("cohort") != reference["cohort"]:
+        raise SystemExit(f"{other}: its reference cohort {recorded.get('cohort')} is not this config's "
+                         f"{reference['cohort']}")
+    slides = len(read_manifest(other / "target" / "cohort" / "manifest.csv"))
+    if slides != cfg["target"]["slides"]:
+        raise SystemExit(f"{other}: its target cohort has {slides} slides, this config's {cfg['target']['slides']}")
+    same_models = all(recorded.get(k) == reference[k] for k in ("patch", "refine"))
+    if same_models and (other / "reference" / "results" / "results.json").exists():
+        links = [(out / "reference", other / "reference")]
+    else:
+        (out / "reference").mkdir(parents=True, exist_ok=True)
+        links = [(out / "reference" / "cohort", other / "reference" / "cohort"),
+                 (out / "reference" / "index", other / "reference" / "index")]
+    for link, source in links + [(out / "target", other / "target")]:
+        if not link.exists():
+            link.symlink_to(source, target_is_directory=True)
 
 
 def arm_manifest(out: Path, manifest: Path, k: int | None, seed: int) -> Path:
@@ -229,10 +284,36 @@ def write_results(out: Path, rows: list[dict], names: list[str], timings: dict[s
     n = summaries[names[0]]["overall"]["n"]
     write_text(res / "table.md", "\n".join(lines) + f"\n\nTarget ({stain_set} stain set) test slides: n = {n}.\n")
     tukey = write_tukey(res, values_by_design(rows)) if len(names) > 1 else None
-    result = {"summaries": summaries, "tukey": tukey, "timings": timings, "arms": names}
+    paired = paired_comparisons(rows, names)
+    write_text(res / "paired.md", "\n".join(
+        ["| arm | against | slides higher | mean difference | paired t-test p |", "|---|---|---|---|---|"]
+        + [f"| {c['arm']} | {c['against']} | {c['higher']} of {c['n']} | {c['mean_difference']:+.4f} | "
+           f"{c['p']:.2g} |" for c in paired]) + "\n")
+    result = {"summaries": summaries, "tukey": tukey, "paired": paired, "timings": timings, "arms": names}
     write_text(res / "results.json", json.dumps(result, indent=2, default=lambda o: o.tolist() if hasattr(
         o, "tolist") else str(o)))
     return result
+
+
+def paired_comparisons(rows: list[dict], names: list[str]) -> list[dict]:
+    """Per-slide refined Dice compared on the same test slides (paired t-test): every arm against zero-shot,
+    and each fine-tuned arm (finetune-k, finelong-k) against scratch-k."""
+    from scipy import stats
+
+    dice = {name: {r["slide"]: float(r["dice"]) for r in rows if r["design"] == name} for name in names}
+    pairs = [(name, "zero-shot") for name in names if name != "zero-shot"]
+    for name in names:
+        kind, _, k = name.partition("-")
+        if kind in ("finetune", "finelong") and f"scratch-{k}" in dice:
+            pairs.append((name, f"scratch-{k}"))
+    out = []
+    for arm, against in pairs:
+        slides = sorted(set(dice[arm]) & set(dice[against]))
+        a = np.array([dice[arm][k] for k in slides])
+        b = np.array([dice[against][k] for k in slides])
+        out.append({"arm": arm, "against": against, "n": len(slides), "higher": int((a > b).sum()),
+                    "mean_difference": float(np.mean(a - b)), "p": float(stats.ttest_rel(a, b).pvalue)})
+    return out
 
 
 def run_arms(out: Path, cfg: dict, ref: Path, manifest: Path, index: Path, only: list[str] | None = None) -> int:

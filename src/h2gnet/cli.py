@@ -191,7 +191,7 @@ def _add_stage1(sub: argparse._SubParsersAction) -> None:
     for name in ("epochs", "steps", "total_steps", "val_steps", "batch_size", "lr", "input_size"):
         add_param(p, PatchTrainConfig, name)
     p.add_argument("--no-augment", action="store_true")
-    for name in ("workers", "threads", "seed"):
+    for name in ("blur_um", "workers", "threads", "seed"):
         add_param(p, PatchTrainConfig, name)
     _add_init_options(p, PatchTrainConfig)
     p.add_argument("--overwrite", action="store_true", help="start again instead of resuming")

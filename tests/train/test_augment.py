@@ -15,6 +15,7 @@ from h2gnet.train.augment import (
     RefineAugmentConfig,
     augment_patch,
     augment_refinement,
+    gaussian_blur,
     macenko_stain_augment,
     scale_brightness,
     shift_hue_saturation,
@@ -188,6 +189,47 @@ def test_patch_config_validation() -> None:
         PatchAugmentConfig(brightness_range=(1.2, 0.8))
     with pytest.raises(ValueError):
         augment_patch(np.zeros((8, 8, 3), np.float32), np.random.default_rng(0))
+
+
+def test_gaussian_blur_spreads_an_edge_by_sigma() -> None:
+    img = np.zeros((9, 61, 3), np.uint8)
+    img[:, 30:] = 200  # a vertical edge: across it, a blur of σ px turns the step into a Gaussian's integral
+    for sigma in (1.0, 2.5):
+        profile = gaussian_blur(img, sigma)[4, :, 0].astype(np.float64)
+        slope = np.diff(profile)  # the Gaussian itself, centred between columns 29 and 30
+        x = np.arange(slope.size) - 29
+        assert slope.sum() == pytest.approx(200, abs=1)
+        assert (x**2 * slope).sum() / slope.sum() == pytest.approx(sigma**2, rel=0.1)
+    assert np.array_equal(gaussian_blur(img, 0.0), img)
+
+
+def test_blur_is_off_by_default_and_takes_no_draw_then() -> None:
+    img = random_patch(size=16)
+    assert PatchAugmentConfig().p_blur == 0.0
+    off, on_never = np.random.default_rng(3), np.random.default_rng(3)
+    a = augment_patch(img, off, PatchAugmentConfig())
+    b = augment_patch(img, on_never, PatchAugmentConfig(p_blur=1e-12))
+    assert np.array_equal(a, b)  # the blur comes last: the paper's ops drew the same
+    assert off.random() != on_never.random()  # only the enabled blur took a draw
+
+
+def test_blur_fires_about_half_the_time_within_its_sigma_range() -> None:
+    img = random_patch(size=16)
+    config = patch_config(p_blur=0.5, blur_sigma=(1.0, 2.0))
+    outs = [augment_patch(img, np.random.default_rng(s), config) for s in range(400)]
+    blurred = [o for o in outs if not np.array_equal(o, img)]
+    assert abs(len(blurred) - 200) < 45
+    # a blur of σ in [1, 2] px lowers the pixel-to-pixel variation of noise by well over half
+    rough = np.abs(np.diff(img.astype(float), axis=1)).mean()
+    assert all(np.abs(np.diff(o.astype(float), axis=1)).mean() < 0.5 * rough for o in blurred)
+
+
+def test_blur_config_validation() -> None:
+    for bad in ((-1.0, 1.0), (2.0, 1.0), (0.0, float("nan"))):
+        with pytest.raises(ValueError, match="blur_sigma"):
+            PatchAugmentConfig(blur_sigma=bad)
+    with pytest.raises(ValueError):
+        PatchAugmentConfig(p_blur=1.5)
 
 
 # --------------------------------------------------------------------------- refinement stage

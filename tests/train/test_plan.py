@@ -79,3 +79,34 @@ def test_cosine_schedule_decays_to_zero_and_constant_stays() -> None:
     assert {lr_at(_refine(lr=1e-3), e, 10) for e in range(10)} == {1e-3}
     with pytest.raises(ParameterError, match="lr_schedule"):
         _refine(lr_schedule="step")
+
+
+def test_blur_augmentation_is_set_in_micrometres_and_checked() -> None:
+    pytest.importorskip("torch")
+    from types import SimpleNamespace
+
+    from h2gnet.errors import H2GNetError
+    from h2gnet.train.patch_classifier import blur_augment_config, describe_augmentation
+
+    # 256-px patches at 1 µm/px seen by the model as 128 px: 2 µm per model px, so σ ≤ 3 µm is σ ≤ 1.5 px
+    sampler = SimpleNamespace(indexes=[SimpleNamespace(patch_mpp=1.0, patch_size=256)] * 2)
+    aug = blur_augment_config(sampler, 3.0, 128)  # type: ignore[arg-type]
+    assert aug.p_blur == 0.5 and aug.blur_sigma == pytest.approx((0.0, 1.5))
+    assert aug.p_hsv == 0.5 and aug.hue_shift == 20  # the paper's augmentations stay
+    import pickle
+    from functools import partial
+
+    from h2gnet.train.augment import augment_patch
+
+    pickle.dumps(partial(augment_patch, config=aug))  # DataLoader workers started by spawn receive it pickled
+    mixed = SimpleNamespace(indexes=[SimpleNamespace(patch_mpp=1.0, patch_size=256),
+                                     SimpleNamespace(patch_mpp=0.5, patch_size=256)])
+    with pytest.raises(H2GNetError, match="field of view"):
+        blur_augment_config(mixed, 3.0, 128)  # type: ignore[arg-type]
+    cfg = PatchTrainConfig(manifest="m.csv", index_dir="ix", blur_um=2.0)
+    assert "Gaussian blur σ ≤ 2 µm" in describe_augmentation(cfg)
+    assert "blur" not in describe_augmentation(PatchTrainConfig(manifest="m.csv", index_dir="ix"))
+    with pytest.raises(ParameterError, match="no-augment"):
+        PatchTrainConfig(manifest="m.csv", index_dir="ix", blur_um=2.0, augment=False)
+    with pytest.raises(ParameterError, match="blur_um"):
+        PatchTrainConfig(manifest="m.csv", index_dir="ix", blur_um=-1.0)

@@ -54,6 +54,25 @@ def test_resume_continues_and_refuses_other_settings(mini_cohort: Path, tmp_path
         train_patch_classifier(run, _cfg(mini_cohort, epochs=2, lr=1e-3))
 
 
+def test_blur_augmentation_reaches_the_training_batches(mini_cohort: Path, tmp_path: Path, capfd,
+                                                         monkeypatch) -> None:
+    from h2gnet.train import augment
+    from h2gnet.train.patch_classifier import _loader, _samplers
+
+    sigmas: list[float] = []
+    blur = augment.gaussian_blur
+    monkeypatch.setattr(augment, "gaussian_blur", lambda img, sigma: sigmas.append(sigma) or blur(img, sigma))
+    cfg = _cfg(mini_cohort, batch_size=64, blur_um=8.0)
+    next(iter(_loader(_samplers(cfg)[0], cfg, 11, 1, augment=True, input_size=64)))  # workers=0: in this process
+    # 256 px at 1 µm/px seen as 64 px: 4 µm per px, so σ ≤ 8 µm is σ ≤ 2 px, on about half of the 64 patches
+    assert 16 <= len(sigmas) <= 48 and max(sigmas) <= 2.0 and max(sigmas) > 1.0
+    run = tmp_path / "blur"
+    with pytest.warns(UserWarning, match="random"):
+        train_patch_classifier(run, _cfg(mini_cohort, blur_um=8.0))
+    assert json.loads((run / "config.json").read_text())["blur_um"] == 8.0
+    assert "Gaussian blur σ ≤ 8 µm" in capfd.readouterr().err  # the plan line says what the run does
+
+
 def test_cluster_guided_training(mini_cohort: Path, tmp_path: Path) -> None:
     from h2gnet.train.cluster_guiding import ClusterConfig, fit_cohort_clustering
 

@@ -16,7 +16,11 @@ Generator, and would be a new dependency of an archived project.  The whole
 scheme is a few array operations, so it is written out here.
 
 Patch stage (uint8 RGB patches): independent p = 0.5 horizontal flip,
-vertical flip, 90° rotation, HSV shift, multiplicative brightness.
+vertical flip, 90° rotation, HSV shift, multiplicative brightness; and, off
+unless asked for (``train-patch --blur-um``), Gaussian blur: the focus
+variation between scanners, which the paper's scheme does not cover (Tellez
+et al. 2019, the paper's reference 64, count blur among the augmentations
+that help models generalise to other centres).
 
 Refinement stage (float RGB thumbnail + heatmap + mask): independent p = 0.5
 horizontal flip, vertical flip, 90° rotation, zoom, Macenko stain
@@ -93,6 +97,9 @@ class PatchAugmentConfig:
             [-sat_shift, sat_shift], result clipped to [0, 255].
         p_brightness: probability of the multiplicative brightness change.
         brightness_range: (low, high) factor multiplying all RGB values (clipped to 255).
+        p_blur: probability of a Gaussian blur (0: off, the paper's scheme; no random draw is then taken,
+            so the other ops' draws are those of the paper's scheme).
+        blur_sigma: (low, high) standard deviation of the blur in px of the augmented patch, uniform.
     """
 
     p_hflip: float = 0.5
@@ -103,13 +110,18 @@ class PatchAugmentConfig:
     sat_shift: float = 20.0
     p_brightness: float = 0.5
     brightness_range: tuple[float, float] = (0.8, 1.2)
+    p_blur: float = 0.0
+    blur_sigma: tuple[float, float] = (0.0, 1.0)
 
     def __post_init__(self) -> None:
-        for name in ("p_hflip", "p_vflip", "p_rot90", "p_hsv", "p_brightness"):
+        for name in ("p_hflip", "p_vflip", "p_rot90", "p_hsv", "p_brightness", "p_blur"):
             _check_probability(name, getattr(self, name))
         if self.hue_shift < 0 or self.sat_shift < 0:
             raise ValueError("hue_shift and sat_shift are maximum magnitudes and must be >= 0")
         _check_range("brightness_range", self.brightness_range, positive=True)
+        low, high = self.blur_sigma
+        if not (np.isfinite(low) and np.isfinite(high) and 0.0 <= low <= high):
+            raise ValueError(f"blur_sigma must be a range 0 <= low <= high in px, got {self.blur_sigma}")
 
 
 def shift_hue_saturation(img: np.ndarray, hue_shift: float, sat_shift: float) -> np.ndarray:
@@ -134,6 +146,14 @@ def scale_brightness(img: np.ndarray, factor: float) -> np.ndarray:
     return np.clip(np.rint(img.astype(np.float32) * factor), 0, 255).astype(np.uint8)
 
 
+def gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Blur a uint8 RGB image with a Gaussian of standard deviation ``sigma`` px (mirrored borders, so a
+    patch's edge is not darkened); ``sigma`` below 0.05 px returns a copy."""
+    if sigma < 0.05:
+        return img.copy()
+    return cv2.GaussianBlur(img, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT_101)
+
+
 def _validate_patch(img: np.ndarray) -> None:
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"augment_patch expects a uint8 (H, W, 3) RGB array, got {img.dtype} {img.shape}")
@@ -144,8 +164,10 @@ def augment_patch(
 ) -> np.ndarray:
     """Randomly augment one uint8 (H, W, 3) RGB patch; returns a new uint8 array.
 
-    Order: flips → 90° rotation → HSV shift → brightness.  Draws are taken from
+    Order: flips → 90° rotation → HSV shift → brightness → blur.  Draws are taken from
     ``rng`` in a fixed order, so the same Generator state gives the same output.
+    Blur comes last so that with ``p_blur`` = 0 (no draw) the others draw as before;
+    a blur commutes with the brightness factor, and with the hue shift nearly.
     A rotation by 90°/270° swaps H and W (patches are square in practice).
     """
     _validate_patch(img)
@@ -158,6 +180,8 @@ def augment_patch(
         out = shift_hue_saturation(out, dh, ds)
     if rng.random() < cfg.p_brightness:
         out = scale_brightness(out, float(rng.uniform(*cfg.brightness_range)))
+    if cfg.p_blur > 0 and rng.random() < cfg.p_blur:
+        out = gaussian_blur(out, float(rng.uniform(*cfg.blur_sigma)))
     return out if out is not img else img.copy()
 
 

@@ -76,6 +76,11 @@ class PatchTrainConfig:
     clusters: str | None = None
     stages: tuple[str, ...] = DEFAULT_STAGES
     augment: bool = param(True, Rule(bool))
+    blur_um: float = param(0.0, Rule(float, low=0.0, high=20.0, unit="µm",
+                                     help="Gaussian blur augmentation, for slides whose focus differs from the "
+                                          "training slides': half of the patches blurred with a standard "
+                                          "deviation uniform in [0, BLUR_UM] µm; 0: off, the paper's "
+                                          "augmentations"))
     workers: int = param(2, Rule(int, low=0, high=256, help="DataLoader worker processes reading patches"))
     seed: int = param(0, Rule(int, low=0, help="random seed"))
     threads: int | None = param(None, Rule(int, low=1, high=1024, optional=True, help="PyTorch threads"))
@@ -90,6 +95,8 @@ class PatchTrainConfig:
         check_fields(self)
         _resolve_lr(self, PATCH_LR)
         self.stages = tuple(self.stages)
+        if self.blur_um > 0 and not self.augment:
+            raise ParameterError("blur_um", "blur is an augmentation: it cannot be combined with --no-augment")
         if self.input_size is not None and self.input_size < MIN_INPUT[self.arch]:
             raise ParameterError("input_size", f"{self.arch} needs an input of at least {MIN_INPUT[self.arch]} px "
                                                f"(got {self.input_size})")

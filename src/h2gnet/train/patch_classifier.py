@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,7 @@ from h2gnet.errors import H2GNetError
 from h2gnet.evaluation.patch_accuracy import evaluate_patch_model
 from h2gnet.io.manifest import read_manifest, select
 from h2gnet.patches.sampling import HierarchicalSampler, load_indexes
-from h2gnet.train.augment import augment_patch
+from h2gnet.train.augment import PatchAugmentConfig, augment_patch
 from h2gnet.train.clustering import load_image_cluster_assigner
 from h2gnet.train.config import PatchTrainConfig, describe_lr
 from h2gnet.train.dataset import patch_stream
@@ -62,13 +64,32 @@ def _samplers(cfg: PatchTrainConfig) -> tuple[HierarchicalSampler, HierarchicalS
 
 def _loader(sampler: HierarchicalSampler, cfg: PatchTrainConfig, seed: int, steps: int, *, augment: bool,
             input_size: int) -> DataLoader:
-    aug = None
-    if augment:
-
+    aug: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None
+    if augment and cfg.blur_um > 0:
+        aug = partial(augment_patch, config=blur_augment_config(sampler, cfg.blur_um, input_size))
+    elif augment:
         aug = augment_patch
     stream = patch_stream(sampler, seed, aug, length=steps * cfg.batch_size, out_size=input_size)
     return DataLoader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers,
                       prefetch_factor=4 if cfg.workers else None, persistent_workers=False)
+
+
+def blur_augment_config(sampler: HierarchicalSampler, blur_um: float, input_size: int) -> PatchAugmentConfig:
+    """The paper's patch augmentations plus a Gaussian blur (p = 0.5) of σ uniform in [0, ``blur_um``] µm,
+    converted to px of the patches as the model sees them (``input_size`` px over the index's field of view)."""
+    sizes = {round(ix.patch_mpp * ix.patch_size, 6) for ix in sampler.indexes}
+    if len(sizes) != 1:
+        raise H2GNetError(None, f"--blur-um needs one patch field of view across the indexes, got {sorted(sizes)} µm")
+    mpp = sizes.pop() / input_size  # µm per px of the patches the model is trained on
+    return PatchAugmentConfig(p_blur=0.5, blur_sigma=(0.0, blur_um / mpp))
+
+
+def describe_augmentation(cfg: PatchTrainConfig) -> str:
+    """The plan line's words for the augmentations a run uses."""
+    if not cfg.augment:
+        return "no augmentation"
+    blur = f" + Gaussian blur σ ≤ {cfg.blur_um:g} µm" if cfg.blur_um > 0 else ""
+    return f"augmentation: the paper's (flips, 90° rotations, HSV, brightness){blur}"
 
 
 def _cluster_assigner(cfg: PatchTrainConfig):
@@ -216,8 +237,8 @@ def _train(run: TrainingRun, cfg: PatchTrainConfig, ctx: DistContext) -> dict:
     epochs = plan.epochs
     if ctx.is_main:
         start = f"from {init.describe()}" if init is not None else f"from {cfg.weights or 'random weights'}"
-        print(f"train-patch {plan.describe('patches')}; trains {freezer.describe()} {start} at {describe_lr(cfg)}",
-              file=sys.stderr)
+        print(f"train-patch {plan.describe('patches')}; trains {freezer.describe()} {start} at {describe_lr(cfg)}"
+              f"; {describe_augmentation(cfg)}", file=sys.stderr)
         plan.warn_if_short(f"raise --total-steps, --epochs {cfg.epochs} or --steps {cfg.steps} (batches per epoch)",
                            MIN_FINETUNE_STEPS if init is not None else MIN_OPTIMIZER_STEPS)
     seed = rank_seed(cfg.seed, ctx.rank)  # each rank its own part of the sampling stream
