@@ -268,7 +268,7 @@ def write_results(out: Path, rows: list[dict], names: list[str], timings: dict[s
                   stain_set: str = "alternative") -> dict:
     """table.md (recall, precision, Dice: mean ± std), tukey.md/.csv, results.json."""
     from h2gnet.evaluation.metrics import summarise_designs, values_by_design
-    from h2gnet.evaluation.stats import write_tukey
+    from h2gnet.evaluation.stats import format_p, write_tukey
     from h2gnet.evaluation.summary import format_mean_std, write_slides_csv
     from h2gnet.io.atomic import write_text
 
@@ -288,7 +288,7 @@ def write_results(out: Path, rows: list[dict], names: list[str], timings: dict[s
     write_text(res / "paired.md", "\n".join(
         ["| arm | against | slides higher | mean difference | paired t-test p |", "|---|---|---|---|---|"]
         + [f"| {c['arm']} | {c['against']} | {c['higher']} of {c['n']} | {c['mean_difference']:+.4f} | "
-           f"{c['p']:.2g} |" for c in paired]) + "\n")
+           f"{format_p(c['p'])} |" for c in paired]) + "\n")
     result = {"summaries": summaries, "tukey": tukey, "paired": paired, "timings": timings, "arms": names}
     write_text(res / "results.json", json.dumps(result, indent=2, default=lambda o: o.tolist() if hasattr(
         o, "tolist") else str(o)))
